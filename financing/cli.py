@@ -1,0 +1,119 @@
+"""Command-line interface: `flask --app wsgi users|demo|iati|match ...`."""
+
+import logging
+import secrets
+from pathlib import Path
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from financing.core.errors import DomainError
+from financing.extensions import db
+
+logger = logging.getLogger(__name__)
+
+users = AppGroup("users", help="Manage accounts.")
+demo = AppGroup("demo", help="Demo data.")
+iati = AppGroup("iati", help="IATI import and export.")
+match = AppGroup("match", help="Match suggestions.")
+
+
+def _fail(error: DomainError) -> None:
+    db.session.rollback()
+    details = "; ".join(f"{name}: {message}" for name, message in error.fields.items())
+    raise click.ClickException(f"{error.message} {details}".strip())
+
+
+@users.command("create")
+@click.argument("email")
+@click.option("--role", required=True, type=click.Choice(["owner", "donor", "coordinator", "admin"]), help="Role of the account.")
+@click.option("--password", help="Password; a random one is generated and printed when omitted.")
+@click.option("--organisation", help="Organisation name; created when it does not exist.")
+@click.option("--name", default="", help="Display name.")
+def users_create(email, role, password, organisation, name):
+    """Create an account."""
+    from financing.accounts.services import create_user
+
+    generated = password is None
+    password = password or secrets.token_urlsafe(12)
+    try:
+        user = create_user(email, password, role, name=name, organisation=organisation)
+        db.session.commit()
+    except DomainError as error:
+        _fail(error)
+    click.echo(f"Created {role} {user.email} (id {user.id}).")
+    if generated:
+        click.echo(f"Password: {password}")
+
+
+@users.command("token")
+@click.argument("email")
+@click.option("--name", default="cli", help="Label shown on the account page.")
+def users_token(email, name):
+    """Create a personal API token for EMAIL and print it once."""
+    from financing.accounts.services import create_token, get_user_by_email
+
+    try:
+        user = get_user_by_email(email)
+    except DomainError as error:
+        _fail(error)
+    if user is None:
+        raise click.ClickException(f"No account for {email}.")
+    _, token = create_token(user, name=name)
+    db.session.commit()
+    click.echo(token)
+
+
+@demo.command("load")
+def demo_load():
+    """Load the ITU WSIS C2 demo projects, organisations and one account per role."""
+    from financing.demo import load_demo
+
+    try:
+        accounts = load_demo()
+        db.session.commit()
+    except DomainError as error:
+        _fail(error)
+    click.echo("Demo data loaded. Accounts (email / password / role):")
+    for email, password, role in accounts:
+        click.echo(f"  {email}  {password}  {role}")
+
+
+@iati.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def iati_import(paths):
+    """Import IATI activity files; each file is all or nothing."""
+    from financing.iati.importer import ImportFailed, import_file
+
+    failed = False
+    for path in paths:
+        try:
+            report = import_file(path)
+        except ImportFailed as error:
+            failed = True
+            click.echo(f"{path}: failed: {error}", err=True)
+            continue
+        click.echo(f"{path}: {report}")
+    if failed:
+        raise click.ClickException("Some files were not imported; see the messages above.")
+
+
+@match.command("run")
+@click.option("--project", "project_id", type=int, help="Recompute only this project's suggestions.")
+@click.option("--funder", "funder_id", type=int, help="Recompute only this funder's suggestions.")
+def match_run(project_id, funder_id):
+    """Recompute match suggestions."""
+    from financing.matching.engine import run_matching
+
+    try:
+        report = run_matching(project_id=project_id, funder_id=funder_id)
+        db.session.commit()
+    except DomainError as error:
+        _fail(error)
+    click.echo(str(report))
+
+
+def register_commands(app: Flask) -> None:
+    for group in (users, demo, iati, match):
+        app.cli.add_command(group)

@@ -1,0 +1,1 @@
+"""Shared building blocks: timestamps, domain errors and small helpers."""

@@ -1,0 +1,1 @@
+"""Matching: scored, explained suggestions of which funder fits which project, and their review."""

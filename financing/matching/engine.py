@@ -1,0 +1,763 @@
+"""Match scoring: rate each published project's open funding needs against every funder and store the best pair.
+
+A run loads the projects, funders and existing matches in a few queries, scores every
+project-funder pair in Python, and upserts one Match per pair. The score is a weighted sum of
+five parts, each in [0, 1]:
+
+- region: a preferred recipient country 1.0, a country inside a preferred ITU-D region 0.8,
+  a project region tag equal to a preferred region 0.6, no geographic preference 0.5,
+  elsewhere 0. Projects with neither countries nor regions (global programmes) score 0.6.
+- theme: 1.0 for a shared theme, a project DAC sector under a preferred theme, a preferred
+  sector, or a project theme that covers a preferred sector. A sector in the same DAC 3-digit
+  category as a preferred sector gets 0.5, nothing in common 0, and a funder without theme
+  or sector preferences 0.5.
+- ticket: 1.0 when the need's remaining amount is inside the funder's ticket range, else the
+  ratio of amount and nearest bound. It is 0.5 without a range or when the currencies differ.
+- capacity: the funder's yearly budget minus this year's confirmed pledges, against the amount
+  it would put in (the remaining amount, capped at its maximum ticket). It is 0.5 without a budget.
+- time: 1.0 without a deadline or when the deadline leaves the funder its decision time,
+  else the share of that time left. It is 0.5 when the decision time is unknown.
+
+A pair is only suggested when a funder preference matches the project's region or theme,
+because a funder that states nothing scores about 0.5 on neutral parts alone. The run
+flushes and never commits, so the caller commits.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
+
+from financing import reference
+from financing.core.errors import NotFound
+from financing.core.time import utcnow
+from financing.extensions import db
+from financing.funders.models import Funder
+from financing.matching.models import Match
+from financing.money import format_compact, to_decimal
+from financing.pledges.models import Pledge, PledgeEvent
+from financing.pledges.services import CONFIRMED_STATES, deadline_passed
+from financing.projects.models import FundingNeed, Project
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("region", "theme", "ticket", "capacity", "time")
+DEFAULT_WEIGHTS = {"region": 0.35, "theme": 0.35, "ticket": 0.15, "capacity": 0.10, "time": 0.05}
+DEFAULT_MIN_SCORE = 0.35
+DEFAULT_MAX_PER_PROJECT = 20
+# Part value when the funder or the project gives nothing to compare.
+NEUTRAL = 0.5
+GLOBAL_REGION_FIT = 0.6
+SAME_CATEGORY_FIT = 0.5
+REVIEWED = ("accepted", "rejected")
+# Digits kept for scores, parts and weights, so that a rerun with the same inputs stores the same numbers.
+PRECISION = 4
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    """Weights, minimum score and per-project limit of a run, read from the app config."""
+
+    weights: dict[str, float]
+    min_score: float
+    max_per_project: int
+
+    @classmethod
+    def from_config(cls, config: Mapping | None = None) -> "MatchSettings":
+        """Read MATCH_WEIGHTS, MATCH_MIN_SCORE and MATCH_MAX_PER_PROJECT, raising ValueError on an invalid value."""
+        config = current_app.config if config is None else config
+        configured = config.get("MATCH_WEIGHTS") or {}
+        unknown = sorted(set(configured) - set(PARTS))
+        if unknown:
+            raise ValueError(f"MATCH_WEIGHTS has unknown part {unknown[0]!r}. Use {', '.join(PARTS)}.")
+        weights = {**DEFAULT_WEIGHTS, **configured}
+        for name, value in weights.items():
+            if isinstance(value, bool) or not isinstance(value, int | float | Decimal) or value < 0:
+                raise ValueError(f"MATCH_WEIGHTS[{name!r}] is {value!r}. Use a number of 0 or more.")
+        total = sum(float(value) for value in weights.values())
+        if total <= 0:
+            raise ValueError("MATCH_WEIGHTS are all zero. Give at least one part a positive weight.")
+
+        min_score = config.get("MATCH_MIN_SCORE", DEFAULT_MIN_SCORE)
+        if isinstance(min_score, bool) or not isinstance(min_score, int | float | Decimal) or not 0 <= min_score <= 1:
+            raise ValueError(f"MATCH_MIN_SCORE is {min_score!r}. Use a number from 0 to 1.")
+        max_per_project = config.get("MATCH_MAX_PER_PROJECT", DEFAULT_MAX_PER_PROJECT)
+        if isinstance(max_per_project, bool) or not isinstance(max_per_project, int) or max_per_project < 1:
+            raise ValueError(f"MATCH_MAX_PER_PROJECT is {max_per_project!r}. Use a whole number of 1 or more.")
+
+        normalised = {name: round(float(weights[name]) / total, PRECISION) for name in PARTS}
+        return cls(normalised, float(min_score), max_per_project)
+
+
+@dataclass
+class MatchRunReport:
+    """Counts of one run: matches created, updated, left unchanged, marked stale and removed."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    removed: int = 0
+    projects: int = 0
+    funders: int = 0
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"Matching: {self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.stale} stale, {self.removed} removed "
+            f"({self.projects} projects x {self.funders} funders) in {self.seconds:.2f} s."
+        )
+
+
+# Snapshots of the inputs, built once per run so that scoring touches no ORM attributes.
+
+@dataclass(frozen=True)
+class NeedProfile:
+    id: int
+    goal_minor: int
+    remaining_minor: int
+    currency: str
+    deadline: date | None
+
+
+@dataclass(frozen=True)
+class ProjectProfile:
+    id: int
+    countries: frozenset[str]
+    regions: frozenset[str]
+    themes: frozenset[str]
+    sectors: frozenset[str]
+    # (country, ITU-D region slug) for each country with a known region, sorted by country.
+    country_regions: tuple[tuple[str, str], ...]
+    # (sector, slugs of the themes covering it), sorted by sector.
+    sector_themes: tuple[tuple[str, tuple[str, ...]], ...]
+    # (sector, DAC 3-digit category), sorted by sector.
+    sector_categories: tuple[tuple[str, str], ...]
+    # Open needs with an amount left, in the project's order.
+    needs: tuple[NeedProfile, ...]
+
+
+@dataclass(frozen=True)
+class FunderProfile:
+    id: int
+    currency: str
+    ticket_min_minor: int | None
+    ticket_max_minor: int | None
+    annual_budget_minor: int | None
+    decision_days: int | None
+    countries: frozenset[str]
+    regions: frozenset[str]
+    themes: frozenset[str]
+    sectors: frozenset[str]
+    # DAC 3-digit category -> the first preferred sector in it.
+    categories: dict[str, str]
+    # Theme slug -> the first preferred sector that the theme covers.
+    sector_themes: dict[str, str]
+    # Confirmed pledges of the current calendar year, in minor units of `currency`.
+    used_minor: int
+    year: int
+
+
+@dataclass
+class PairScore:
+    """The best-scoring need of one project for one funder, with its parts and their reasons."""
+
+    project: ProjectProfile
+    funder: FunderProfile
+    need: NeedProfile
+    score: float
+    parts: dict[str, float]
+    # Part name -> a tuple naming the rule that applied and the codes involved.
+    reasons: dict[str, tuple]
+
+
+# Part rules. Each returns (value in [0, 1], reason tuple for the explanation).
+
+def region_fit(project: ProjectProfile, funder: FunderProfile) -> tuple[float, tuple]:
+    if not project.countries and not project.regions:
+        return GLOBAL_REGION_FIT, ("global",)
+    if not funder.countries and not funder.regions:
+        return NEUTRAL, ("no_preference",)
+    shared = project.countries & funder.countries
+    if shared:
+        return 1.0, ("country", min(shared))
+    for country, region in project.country_regions:
+        if region in funder.regions:
+            return 0.8, ("country_in_region", country, region)
+    shared = project.regions & funder.regions
+    if shared:
+        return 0.6, ("region", min(shared))
+    return 0.0, ("elsewhere",)
+
+
+def theme_fit(project: ProjectProfile, funder: FunderProfile) -> tuple[float, tuple]:
+    if not funder.themes and not funder.sectors:
+        return NEUTRAL, ("no_preference",)
+    if not project.themes and not project.sectors:
+        return 0.0, ("untagged",)
+    shared = project.themes & funder.themes
+    if shared:
+        return 1.0, ("theme", min(shared))
+    for sector, themes in project.sector_themes:
+        for theme in themes:
+            if theme in funder.themes:
+                return 1.0, ("sector_in_theme", sector, theme)
+    shared = project.sectors & funder.sectors
+    if shared:
+        return 1.0, ("sector", min(shared))
+    for theme in sorted(project.themes):
+        if theme in funder.sector_themes:
+            return 1.0, ("theme_covers_sector", theme, funder.sector_themes[theme])
+    for sector, category in project.sector_categories:
+        if category in funder.categories:
+            return SAME_CATEGORY_FIT, ("category", sector, category, funder.categories[category])
+    return 0.0, ("none",)
+
+
+def ticket_fit(need: NeedProfile, funder: FunderProfile) -> tuple[float, tuple]:
+    low, high = funder.ticket_min_minor, funder.ticket_max_minor
+    if low is None and high is None:
+        return NEUTRAL, ("no_range",)
+    if need.currency != funder.currency:
+        return NEUTRAL, ("currency",)
+    amount = need.remaining_minor
+    if low is not None and amount < low:
+        return amount / low, ("below",)
+    if high is not None and amount > high:
+        return high / amount, ("above",)
+    return 1.0, ("inside",)
+
+
+def capacity_fit(need: NeedProfile, funder: FunderProfile) -> tuple[float, tuple]:
+    if funder.annual_budget_minor is None:
+        return NEUTRAL, ("no_budget",)
+    available = max(funder.annual_budget_minor - funder.used_minor, 0)
+    if available == 0:
+        return 0.0, ("used_up",)
+    if need.currency != funder.currency:
+        return NEUTRAL, ("currency",)
+    # A funder puts in at most its maximum ticket, so its budget only has to cover that much.
+    ask = need.remaining_minor
+    if funder.ticket_max_minor is not None:
+        ask = min(ask, funder.ticket_max_minor)
+    if available >= ask:
+        return 1.0, ("covers", available)
+    return available / ask, ("partial", available)
+
+
+def time_fit(need: NeedProfile, funder: FunderProfile, today: date) -> tuple[float, tuple]:
+    if need.deadline is None:
+        return 1.0, ("no_deadline",)
+    if funder.decision_days is None:
+        return NEUTRAL, ("unknown",)
+    days_left = (need.deadline - today).days
+    if days_left >= funder.decision_days:
+        return 1.0, ("enough", days_left)
+    return max(days_left, 0) / funder.decision_days, ("short", days_left)
+
+
+# Reasons that come from a stated preference of the funder matching the project.
+REGION_EVIDENCE = ("country", "country_in_region", "region")
+THEME_EVIDENCE = ("theme", "sector_in_theme", "sector", "theme_covers_sector", "category")
+
+
+def has_evidence(pair: PairScore) -> bool:
+    """Tell whether a funder preference matches the project's region or theme.
+
+    Neutral parts alone add up to about 0.5, above the usual minimum score, so without this
+    check every funder without preferences would be suggested for every project.
+    """
+    return pair.reasons["region"][0] in REGION_EVIDENCE or pair.reasons["theme"][0] in THEME_EVIDENCE
+
+
+def score_pair(project: ProjectProfile, funder: FunderProfile, weights: dict[str, float], today: date) -> PairScore:
+    """Score every need of the project for the funder and return the best, the earlier need on a tie."""
+    region, region_reason = region_fit(project, funder)
+    theme, theme_reason = theme_fit(project, funder)
+    base = weights["region"] * region + weights["theme"] * theme
+
+    best: tuple[float, NeedProfile, dict, dict] | None = None
+    for need in project.needs:
+        ticket, ticket_reason = ticket_fit(need, funder)
+        capacity, capacity_reason = capacity_fit(need, funder)
+        timing, time_reason = time_fit(need, funder, today)
+        total = base + weights["ticket"] * ticket + weights["capacity"] * capacity + weights["time"] * timing
+        if best is None or total > best[0]:
+            parts = {"ticket": ticket, "capacity": capacity, "time": timing}
+            reasons = {"ticket": ticket_reason, "capacity": capacity_reason, "time": time_reason}
+            best = (total, need, parts, reasons)
+
+    total, need, parts, reasons = best
+    return PairScore(
+        project, funder, need,
+        score=min(max(round(total, PRECISION), 0.0), 1.0),
+        parts={"region": region, "theme": theme, **parts},
+        reasons={"region": region_reason, "theme": theme_reason, **reasons},
+    )
+
+
+# Explanation: one plain sentence built from the reasons of the parts.
+
+def _country_name(code: str) -> str:
+    try:
+        name = reference.country(code).name
+    except reference.UnknownCode:
+        return code
+    # ISO 3166 appends the article to some names, as in "Cook Islands (the)".
+    return name.removesuffix(" (the)")
+
+
+def _region_name(slug: str) -> str:
+    try:
+        return reference.region(slug).name
+    except reference.UnknownCode:
+        return slug
+
+
+def _theme_label(slug: str) -> str:
+    """Turn a theme slug into words for a sentence, e.g. "ICT applications"."""
+    return " ".join("ICT" if word == "ict" else word for word in slug.split("-"))
+
+
+def _name_list(names: list[str]) -> str:
+    if len(names) > 3:
+        names = names[:3] + [f"{len(names) - 3} more"]
+    if len(names) == 1:
+        return names[0]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+_SCALES = ((Decimal(10**9), "B"), (Decimal(10**6), "M"), (Decimal(10**3), "k"), (Decimal(1), ""))
+
+
+def _scale_of(value: Decimal) -> tuple[Decimal, str]:
+    for threshold, suffix in _SCALES:
+        if value >= threshold:
+            return threshold, suffix
+    return _SCALES[-1]
+
+
+def _figure(value: Decimal, scale: tuple[Decimal, str]) -> str:
+    """Write an amount in a scale with at most two decimals, e.g. "0.5M" or "5M"."""
+    threshold, suffix = scale
+    number = (value / threshold).quantize(Decimal("0.01")).normalize()
+    return f"{number:f}{suffix}"
+
+
+def short_amount(amount_minor: int, currency: str) -> str:
+    """Write an amount such as "5M EUR" or "250k USD" for explanations."""
+    value = to_decimal(amount_minor, currency)
+    return f"{_figure(value, _scale_of(value))} {currency}"
+
+
+def short_range(low_minor: int, high_minor: int, currency: str) -> str:
+    """Write a ticket range such as "0.5M to 5M", both bounds in the scale of the upper one when that reads well."""
+    low, high = to_decimal(low_minor, currency), to_decimal(high_minor, currency)
+    scale = _scale_of(high)
+    low_scale = scale if low / scale[0] >= Decimal("0.1") else _scale_of(low)
+    return f"{_figure(low, low_scale)} to {_figure(high, scale)}"
+
+
+def _region_clause(project: ProjectProfile, reason: tuple) -> str:
+    kind = reason[0]
+    if kind == "country":
+        return f"{_country_name(reason[1])} is one of the funder's preferred countries"
+    if kind == "country_in_region":
+        return f"{_country_name(reason[1])} is in {_region_name(reason[2])}, which the funder prefers"
+    if kind == "region":
+        return f"the project covers {_region_name(reason[1])}, which the funder prefers"
+    if kind == "global":
+        return "the project is global, so every region counts"
+    if kind == "no_preference":
+        return "the funder states no regional preference"
+    places = [_country_name(code) for code in sorted(project.countries)]
+    places += [_region_name(slug) for slug in sorted(project.regions)]
+    verb = "is" if len(places) == 1 else "are"
+    return f"{_name_list(places)} {verb} outside the funder's preferred countries and regions"
+
+
+def _theme_clause(reason: tuple) -> str:
+    kind = reason[0]
+    if kind == "theme":
+        return f"{_theme_label(reason[1])} is one of the funder's themes"
+    if kind == "sector_in_theme":
+        return f"{_theme_label(reason[2])} ({reason[1]}) is one of the funder's themes"
+    if kind == "sector":
+        return f"DAC sector {reason[1]} is one of the funder's sectors"
+    if kind == "theme_covers_sector":
+        return f"{_theme_label(reason[1])} covers the funder's sector {reason[2]}"
+    if kind == "category":
+        return f"DAC sector {reason[1]} is in the same category ({reason[2]}) as the funder's sector {reason[3]}"
+    if kind == "no_preference":
+        return "the funder states no theme preference"
+    if kind == "untagged":
+        return "the project names no theme or sector to compare with the funder's"
+    return "the project shares no theme or sector with the funder"
+
+
+def _ticket_clause(need: NeedProfile, funder: FunderProfile, reason: tuple) -> str:
+    kind = reason[0]
+    if kind == "no_range":
+        return "the funder states no ticket range"
+    if kind == "currency":
+        return (f"ticket not compared: different currency "
+                f"(the need is in {need.currency}, the ticket range in {funder.currency})")
+    amount = format_compact(need.remaining_minor, need.currency)
+    low, high, currency = funder.ticket_min_minor, funder.ticket_max_minor, funder.currency
+    if kind == "below":
+        return f"{amount} is below its minimum ticket of {short_amount(low, currency)}"
+    if kind == "above":
+        return f"{amount} is above its maximum ticket of {short_amount(high, currency)}"
+    if low is not None and high is not None:
+        return f"{amount} is inside its {short_range(low, high, currency)} ticket range"
+    if low is not None:
+        return f"{amount} meets its minimum ticket of {short_amount(low, currency)}"
+    return f"{amount} is within its maximum ticket of {short_amount(high, currency)}"
+
+
+def _capacity_clause(need: NeedProfile, funder: FunderProfile, reason: tuple) -> str | None:
+    kind = reason[0]
+    if kind == "used_up":
+        return f"its {funder.year} budget is fully committed"
+    if kind == "currency":
+        return "budget not compared: different currency"
+    if kind == "covers":
+        return f"its remaining {funder.year} budget of {short_amount(reason[1], funder.currency)} covers it"
+    if kind == "partial":
+        ask = need.remaining_minor if funder.ticket_max_minor is None else min(need.remaining_minor, funder.ticket_max_minor)
+        percent = reason[1] * 100 // ask
+        return f"its remaining {funder.year} budget of {short_amount(reason[1], funder.currency)} covers {percent}% of it"
+    return None
+
+
+def _time_clause(need: NeedProfile, funder: FunderProfile, reason: tuple) -> str | None:
+    if reason[0] != "short":
+        return None
+    days = reason[1]
+    day_word = "day" if days == 1 else "days"
+    return (f"the deadline of {need.deadline.isoformat()} leaves {days} {day_word}, "
+            f"less than its {funder.decision_days}-day decision time")
+
+
+def explain(pair: PairScore) -> str:
+    """Write the one-sentence explanation of a pair's score, leaving out neutral budget and time parts."""
+    clauses = [
+        _region_clause(pair.project, pair.reasons["region"]),
+        _theme_clause(pair.reasons["theme"]),
+        _ticket_clause(pair.need, pair.funder, pair.reasons["ticket"]),
+        _capacity_clause(pair.need, pair.funder, pair.reasons["capacity"]),
+        _time_clause(pair.need, pair.funder, pair.reasons["time"]),
+    ]
+    text = "; ".join(clause for clause in clauses if clause)
+    return text[0].upper() + text[1:] + "."
+
+
+def inputs_digest(project: ProjectProfile, need: NeedProfile, funder: FunderProfile) -> str:
+    """Hash the edited inputs of a pair: project tags, the need's goal and deadline, the funder profile.
+
+    Pledge totals and budget use are left out, so that a new pledge does not send every
+    reviewed match of a project back to the review queue.
+    """
+    payload = {
+        "project": {
+            "id": project.id, "countries": sorted(project.countries), "regions": sorted(project.regions),
+            "themes": sorted(project.themes), "sectors": sorted(project.sectors),
+        },
+        "need": {
+            "id": need.id, "goal": need.goal_minor, "currency": need.currency,
+            "deadline": need.deadline.isoformat() if need.deadline else None,
+        },
+        "funder": {
+            "id": funder.id, "currency": funder.currency, "ticket_min": funder.ticket_min_minor,
+            "ticket_max": funder.ticket_max_minor, "budget": funder.annual_budget_minor,
+            "decision_days": funder.decision_days, "countries": sorted(funder.countries),
+            "regions": sorted(funder.regions), "themes": sorted(funder.themes), "sectors": sorted(funder.sectors),
+        },
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# Loading: a few queries, then plain snapshots.
+
+def _region_of(country: str) -> str | None:
+    try:
+        return reference.region_of_country(country)
+    except reference.UnknownCode:
+        return None
+
+
+def _themes_of(sector: str) -> tuple[str, ...]:
+    try:
+        return tuple(reference.themes_of_sector(sector))
+    except reference.UnknownCode:
+        return ()
+
+
+def _category_of(sector: str) -> str:
+    try:
+        return reference.sector(sector).category
+    except reference.UnknownCode:
+        return sector[:3]
+
+
+def project_profile(project: Project, now: datetime) -> ProjectProfile | None:
+    """Snapshot a project and its open needs, or return None when no need is open with an amount left."""
+    needs = tuple(
+        NeedProfile(need.id, need.goal_minor, need.remaining_minor, need.currency, need.deadline)
+        for need in project.needs
+        if need.status == "open" and need.remaining_minor > 0 and not deadline_passed(need, now)
+    )
+    if not needs:
+        return None
+    countries = frozenset(project.countries)
+    sectors = frozenset(project.sectors)
+    country_regions = tuple((code, region) for code in sorted(countries) if (region := _region_of(code)))
+    return ProjectProfile(
+        id=project.id,
+        countries=countries,
+        regions=frozenset(project.regions),
+        themes=frozenset(project.themes),
+        sectors=sectors,
+        country_regions=country_regions,
+        sector_themes=tuple((code, _themes_of(code)) for code in sorted(sectors)),
+        sector_categories=tuple((code, _category_of(code)) for code in sorted(sectors)),
+        needs=needs,
+    )
+
+
+def funder_profile(funder: Funder, used_minor: int, year: int) -> FunderProfile:
+    """Snapshot a funder with its preferences and its budget use this year."""
+    sectors = funder.sectors
+    categories: dict[str, str] = {}
+    sector_themes: dict[str, str] = {}
+    for code in sectors:
+        categories.setdefault(_category_of(code), code)
+        for theme in _themes_of(code):
+            sector_themes.setdefault(theme, code)
+    return FunderProfile(
+        id=funder.id,
+        currency=funder.currency,
+        ticket_min_minor=funder.ticket_min_minor,
+        ticket_max_minor=funder.ticket_max_minor,
+        annual_budget_minor=funder.annual_budget_minor,
+        decision_days=funder.decision_days,
+        countries=frozenset(funder.countries),
+        regions=frozenset(funder.regions),
+        themes=frozenset(funder.themes),
+        sectors=frozenset(sectors),
+        categories=categories,
+        sector_themes=sector_themes,
+        used_minor=used_minor,
+        year=year,
+    )
+
+
+def budget_used(now: datetime, funder_id: int | None = None) -> dict[tuple[int, str], int]:
+    """Sum the pledges confirmed on the platform this calendar year (UTC) by funder and currency.
+
+    A pledge counts in its own currency and in its need's currency, so the caller can pick the
+    funder's: key (funder_id, currency) -> minor units.
+    """
+    # NOTE: pledges imported from IATI are left out. Their ledger rows carry the import time,
+    # not the transaction date, so a 2018 commitment would otherwise use up this year's budget.
+    year_start = datetime(now.year, 1, 1, tzinfo=timezone.utc)
+    confirmed_this_year = select(PledgeEvent.pledge_id).where(
+        PledgeEvent.to_state == "confirmed", PledgeEvent.at >= year_start
+    )
+    query = (
+        select(Pledge.funder_id, Pledge.currency, FundingNeed.currency,
+               func.sum(Pledge.amount_minor), func.sum(Pledge.need_amount_minor))
+        .join(FundingNeed, Pledge.need_id == FundingNeed.id)
+        .where(Pledge.state.in_(CONFIRMED_STATES), Pledge.import_key.is_(None), Pledge.id.in_(confirmed_this_year))
+        .group_by(Pledge.funder_id, Pledge.currency, FundingNeed.currency)
+    )
+    if funder_id is not None:
+        query = query.where(Pledge.funder_id == funder_id)
+
+    totals: dict[tuple[int, str], int] = {}
+    for funder, pledge_currency, need_currency, amount, need_amount in db.session.execute(query):
+        totals[(funder, pledge_currency)] = totals.get((funder, pledge_currency), 0) + int(amount)
+        if need_currency != pledge_currency:
+            totals[(funder, need_currency)] = totals.get((funder, need_currency), 0) + int(need_amount)
+    return totals
+
+
+def _load_projects(project_id: int | None, now: datetime) -> list[ProjectProfile]:
+    query = (
+        select(Project)
+        .where(Project.status == "published", Project.needs.any(FundingNeed.status == "open"))
+        .options(selectinload(Project.tags), selectinload(Project.needs))
+        .order_by(Project.id)
+    )
+    if project_id is not None:
+        query = query.where(Project.id == project_id)
+    profiles = (project_profile(project, now) for project in db.session.scalars(query))
+    return [profile for profile in profiles if profile is not None]
+
+
+def _load_funders(funder_id: int | None, now: datetime) -> list[FunderProfile]:
+    query = select(Funder).options(selectinload(Funder.preferences)).order_by(Funder.id)
+    if funder_id is not None:
+        query = query.where(Funder.id == funder_id)
+    used = budget_used(now, funder_id)
+    # NOTE: a confirmed pledge whose own currency and need currency both differ from the
+    # funder's currency is not counted against its budget, for want of an exchange rate.
+    return [
+        funder_profile(funder, used.get((funder.id, funder.currency), 0), now.year)
+        for funder in db.session.scalars(query)
+    ]
+
+
+def _load_matches(project_id: int | None) -> dict[tuple[int, int], Match]:
+    query = select(Match)
+    if project_id is not None:
+        query = query.where(Match.project_id == project_id)
+    return {(match.project_id, match.funder_id): match for match in db.session.scalars(query)}
+
+
+# Storing.
+
+@dataclass
+class _Candidate:
+    """A pair competing for one of a project's suggestion slots."""
+
+    score: float
+    funder_id: int
+    match: Match | None
+    # None for an existing suggestion of a funder outside this run, ranked by its stored score.
+    pair: PairScore | None = None
+
+
+def _apply(match: Match, pair: PairScore, digest: str, weights: dict[str, float]) -> bool:
+    """Copy a pair's numbers onto a match and tell whether something changed."""
+    values = {
+        "need_id": pair.need.id, "score": pair.score,
+        "parts": {name: round(pair.parts[name], PRECISION) for name in PARTS},
+        "weights": weights, "explanation": explain(pair), "inputs_digest": digest,
+    }
+    changed = False
+    for name, value in values.items():
+        if getattr(match, name) != value:
+            setattr(match, name, value)
+            changed = True
+    return changed
+
+
+@dataclass
+class _Run:
+    settings: MatchSettings
+    report: MatchRunReport = field(default_factory=MatchRunReport)
+
+    def keep_reviewed(self, match: Match, pair: PairScore) -> None:
+        """Leave a reviewed match alone while its inputs are the same, and mark it stale once they change."""
+        digest = inputs_digest(pair.project, pair.need, pair.funder)
+        if digest == match.inputs_digest:
+            self.report.unchanged += 1
+            return
+        _apply(match, pair, digest, self.settings.weights)
+        if match.status in REVIEWED:
+            logger.info("match stale id=%s project=%s funder=%s was=%s", match.id, match.project_id, match.funder_id, match.status)
+            match.status = "stale"
+            self.report.stale += 1
+        else:
+            self.report.updated += 1
+
+    def store(self, candidate: _Candidate) -> None:
+        pair, match = candidate.pair, candidate.match
+        if pair is None:
+            # An existing suggestion of a funder outside this run keeps its slot untouched.
+            return
+        digest = inputs_digest(pair.project, pair.need, pair.funder)
+        if match is None:
+            match = Match(project_id=pair.project.id, funder_id=pair.funder.id, status="suggested")
+            _apply(match, pair, digest, self.settings.weights)
+            db.session.add(match)
+            self.report.created += 1
+        elif _apply(match, pair, digest, self.settings.weights):
+            self.report.updated += 1
+        else:
+            self.report.unchanged += 1
+
+    def remove(self, match: Match) -> None:
+        db.session.delete(match)
+        self.report.removed += 1
+
+
+def run_matching(project_id: int | None = None, funder_id: int | None = None) -> MatchRunReport:
+    """Recompute the match suggestions of one project, one funder, or all, and flush without committing.
+
+    Each project-funder pair keeps one Match for the project's best open need. Suggestions
+    that were never reviewed are dropped below MATCH_MIN_SCORE, when no funder preference
+    matches the project's region or theme, and beyond the MATCH_MAX_PER_PROJECT best of
+    each project. Accepted and rejected matches are kept, and turn stale when their inputs
+    changed. Raises NotFound for an unknown project or funder id and ValueError for invalid
+    MATCH_* settings.
+
+    NOTE: two runs at the same time can both insert the same new pair. The later flush or
+    commit then fails on the unique constraint, and that run has to be repeated.
+    """
+    started = time.perf_counter()
+    settings = MatchSettings.from_config()
+    now = utcnow()
+    today = now.date()
+    logger.info("match run started project=%s funder=%s", project_id, funder_id)
+    if project_id is not None and db.session.get(Project, project_id) is None:
+        raise NotFound(f"Project {project_id} not found.")
+    if funder_id is not None and db.session.get(Funder, funder_id) is None:
+        raise NotFound(f"Funder {funder_id} not found.")
+
+    projects = _load_projects(project_id, now)
+    funders = _load_funders(funder_id, now)
+    existing = _load_matches(project_id)
+    run = _Run(settings)
+    run.report.projects, run.report.funders = len(projects), len(funders)
+
+    in_scope = {funder.id for funder in funders} if funder_id is not None else None
+    by_project: dict[int, list[Match]] = {}
+    for (match_project_id, match_funder_id), match in existing.items():
+        if in_scope is not None and match_funder_id not in in_scope:
+            by_project.setdefault(match_project_id, []).append(match)
+
+    for project in projects:
+        candidates = [
+            # Suggestions of funders outside this run compete for the slots with their stored scores.
+            _Candidate(match.score, match.funder_id, match)
+            for match in by_project.get(project.id, ()) if match.status == "suggested"
+        ]
+        for funder in funders:
+            pair = score_pair(project, funder, settings.weights, today)
+            match = existing.pop((project.id, funder.id), None)
+            if match is not None and match.status != "suggested":
+                run.keep_reviewed(match, pair)
+            elif pair.score >= settings.min_score and has_evidence(pair):
+                candidates.append(_Candidate(pair.score, funder.id, match, pair))
+            elif match is not None:
+                run.remove(match)
+
+        candidates.sort(key=lambda candidate: (-candidate.score, candidate.funder_id))
+        for candidate in candidates[:settings.max_per_project]:
+            run.store(candidate)
+        for candidate in candidates[settings.max_per_project:]:
+            if candidate.match is not None:
+                run.remove(candidate.match)
+
+    # What is left of this run's scope belongs to projects without an open need any more.
+    # Unreviewed suggestions are removed, and reviewed matches stay as the record of the decision.
+    for (_, match_funder_id), match in existing.items():
+        in_run = in_scope is None or match_funder_id in in_scope
+        if in_run and match.status == "suggested":
+            run.remove(match)
+
+    db.session.flush()
+    run.report.seconds = time.perf_counter() - started
+    logger.info("match run finished project=%s funder=%s: %s", project_id, funder_id, run.report)
+    return run.report

@@ -1,0 +1,269 @@
+"""Pledge rules: creation within the goal, the one transition function, and the ledger."""
+
+import logging
+from datetime import date, datetime, timezone
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from financing.accounts.models import User
+from financing.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from financing.core.time import utcnow
+from financing.extensions import db
+from financing.funders.models import Funder
+from financing.funders.services import funder_for_user
+from financing.money import MAX_MAJOR_UNITS, MoneyError, check_currency, minor_units
+from financing.pledges.models import RELEASED_STATES, Pledge, PledgeEvent
+from financing.projects.models import FundingNeed, Project
+from financing.projects.services import refresh_status
+
+logger = logging.getLogger(__name__)
+
+# (state, action) -> next state. Disbursement picks partly_disbursed or disbursed by amount.
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("pledged", "confirm"): "confirmed",
+    ("pledged", "cancel"): "cancelled",
+    ("confirmed", "cancel"): "cancelled",
+    ("confirmed", "disburse"): "disbursed",
+    ("partly_disbursed", "disburse"): "disbursed",
+    ("pending_payment", "pay"): "confirmed",
+    ("pending_payment", "expire"): "cancelled",
+    ("confirmed", "refund"): "refunded",
+}
+# States that count as confirmed money for the "funded" mark on a need.
+CONFIRMED_STATES = ("confirmed", "partly_disbursed", "disbursed")
+
+
+def deadline_passed(need: FundingNeed, now: datetime | None = None) -> bool:
+    """Return True once the end of the need's deadline day, in UTC, has passed."""
+    if need.deadline is None:
+        return False
+    today = (now or utcnow()).astimezone(timezone.utc).date()
+    return today > need.deadline
+
+
+def _check_need_open(need: FundingNeed) -> Project:
+    project = need.project
+    if project.status != "published":
+        raise Conflict(f"Project {project.id} is {project.status} and does not accept pledges.", {"need_id": f"Project is {project.status}."})
+    if need.status == "closed" or (need.status == "funded" and not need.allow_overfunding):
+        raise Conflict(f"Need {need.id} is {need.status} and does not accept pledges.", {"need_id": f"Need is {need.status}."})
+    if deadline_passed(need):
+        raise Conflict(
+            f"Need {need.id} stopped accepting pledges at the end of {need.deadline.isoformat()} (UTC).",
+            {"need_id": f"Deadline {need.deadline.isoformat()} has passed."},
+        )
+    return project
+
+
+def record(pledge: Pledge, actor: User | None, from_state: str | None, to_state: str, amount_minor: int, reason: str = "") -> PledgeEvent:
+    """Append one ledger row; call in the same transaction as the state change."""
+    event = PledgeEvent(
+        pledge=pledge, actor_id=actor.id if actor else None, from_state=from_state,
+        to_state=to_state, amount_minor=amount_minor, reason=reason, at=utcnow(),
+    )
+    db.session.add(event)
+    return event
+
+
+def reserve(need_id: int, amount_minor: int) -> bool:
+    """Add an amount to the need's pledged total unless that passes the goal.
+
+    One conditional UPDATE: concurrent pledges on PostgreSQL wait on the row lock and
+    re-check the condition, so the goal holds without a read-modify-write race.
+    """
+    result = db.session.execute(
+        update(FundingNeed)
+        .where(
+            FundingNeed.id == need_id,
+            or_(FundingNeed.allow_overfunding.is_(True), FundingNeed.pledged_minor + amount_minor <= FundingNeed.goal_minor),
+        )
+        .values(pledged_minor=FundingNeed.pledged_minor + amount_minor)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def release(need_id: int, amount_minor: int) -> None:
+    db.session.execute(
+        update(FundingNeed)
+        .where(FundingNeed.id == need_id)
+        .values(pledged_minor=FundingNeed.pledged_minor - amount_minor)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def find_by_idempotency_key(user: User, key: str) -> Pledge | None:
+    return db.session.scalar(select(Pledge).where(Pledge.created_by_id == user.id, Pledge.idempotency_key == key))
+
+
+def create_pledge(
+    user: User, need_id: int, amount_minor: int, currency: str, kind: str = "commitment",
+    idempotency_key: str | None = None, funder: Funder | None = None, reason: str = "",
+) -> tuple[Pledge, bool]:
+    """Create a pledge against a need; return (pledge, created).
+
+    Repeating a request with the same idempotency key returns the first pledge and False.
+    """
+    if user.role != "donor" and not user.is_coordinator:
+        raise Forbidden("Only donors can pledge.")
+    if idempotency_key:
+        if len(idempotency_key) > 200:
+            raise ValidationFailed("Idempotency key is too long.", {"Idempotency-Key": "At most 200 characters."})
+        existing = find_by_idempotency_key(user, idempotency_key)
+        if existing is not None:
+            return existing, False
+    if amount_minor <= 0:
+        raise ValidationFailed("Amount must be greater than zero.", {"amount": f"Amount {amount_minor} minor units must be greater than zero."})
+    if kind not in ("commitment", "card"):
+        raise ValidationFailed(f"Unknown pledge kind {kind!r}.", {"kind": f"Kind {kind!r} must be commitment or card."})
+    need = db.session.get(FundingNeed, need_id)
+    if need is None or need.project.status not in ("published", "funded", "closed"):
+        raise NotFound(f"Funding need {need_id} not found.", {"need_id": f"Unknown need {need_id}."})
+    try:
+        currency = check_currency(currency)
+    except MoneyError as error:
+        raise ValidationFailed(error.message, {"currency": error.message})
+    if currency != need.currency:
+        # NOTE: pledges in another currency need a stored exchange rate, which is not built yet.
+        raise ValidationFailed(
+            f"Currency {currency} differs from the need's currency {need.currency}.",
+            {"currency": f"Pledge in {need.currency}, the currency of this need."},
+        )
+    if amount_minor > MAX_MAJOR_UNITS * 10 ** minor_units(currency):
+        raise ValidationFailed("Amount is too large.", {"amount": f"Amount is larger than the maximum of {MAX_MAJOR_UNITS:,} {currency}."})
+    _check_need_open(need)
+    funder = funder or funder_for_user(user)
+
+    state = "pending_payment" if kind == "card" else "pledged"
+    try:
+        with db.session.begin_nested():
+            if not reserve(need.id, amount_minor):
+                raise Conflict(
+                    f"A pledge of this amount would exceed the goal of need {need.id}.",
+                    {"amount": "The amount is more than the need still requires."},
+                )
+            pledge = Pledge(
+                need_id=need.id, funder_id=funder.id, kind=kind, state=state,
+                amount_minor=amount_minor, currency=currency, need_amount_minor=amount_minor,
+                idempotency_key=idempotency_key, created_by_id=user.id,
+            )
+            db.session.add(pledge)
+            record(pledge, user, None, state, amount_minor, reason)
+            db.session.flush()
+    except IntegrityError:
+        # A concurrent request with the same idempotency key won the insert.
+        existing = find_by_idempotency_key(user, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing, False
+    db.session.refresh(need)
+    logger.info("pledge created id=%s need=%s funder=%s amount=%s %s user=%s", pledge.id, need.id, funder.id, amount_minor, currency, user.id)
+    return pledge, True
+
+
+def _lock(pledge_id: int) -> Pledge:
+    pledge = db.session.scalar(select(Pledge).where(Pledge.id == pledge_id).with_for_update())
+    if pledge is None:
+        raise NotFound(f"Pledge {pledge_id} not found.")
+    db.session.refresh(pledge)
+    return pledge
+
+
+def confirmed_total(need_id: int) -> int:
+    return db.session.scalar(
+        select(func.coalesce(func.sum(Pledge.need_amount_minor), 0)).where(
+            Pledge.need_id == need_id, Pledge.state.in_(CONFIRMED_STATES)
+        )
+    ) or 0
+
+
+def _refresh_need(need: FundingNeed) -> None:
+    """Mark a need funded when confirmed pledges reach its goal, and open again when not."""
+    db.session.refresh(need)
+    if need.status == "closed":
+        return
+    need.status = "funded" if confirmed_total(need.id) >= need.goal_minor else "open"
+    refresh_status(need.project)
+
+
+def transition(pledge_id: int, action: str, actor: User | None, amount_minor: int | None = None, reason: str = "") -> Pledge:
+    """Apply one state-machine action to a pledge and write its ledger row.
+
+    Forbidden transitions raise Conflict and change nothing.
+    """
+    pledge = _lock(pledge_id)
+    target = TRANSITIONS.get((pledge.state, action))
+    if target is None:
+        raise Conflict(f"Cannot {action} a pledge that is {pledge.state}.", {"state": pledge.state})
+    if action == "cancel" and pledge.kind == "card" and pledge.state == "confirmed":
+        raise Conflict("A paid card pledge is refunded, not cancelled.", {"state": pledge.state})
+
+    amount = pledge.need_amount_minor
+    if action == "disburse":
+        outstanding = pledge.need_amount_minor - pledge.disbursed_minor
+        amount = outstanding if amount_minor is None else amount_minor
+        if amount <= 0:
+            raise ValidationFailed("Disbursement must be greater than zero.", {"amount": "Must be greater than zero."})
+        if amount > outstanding:
+            raise Conflict(
+                f"Disbursement exceeds the {outstanding} minor units not yet disbursed.",
+                {"amount": "More than the amount not yet disbursed."},
+            )
+        pledge.disbursed_minor += amount
+        target = "disbursed" if pledge.disbursed_minor == pledge.need_amount_minor else "partly_disbursed"
+    if target in RELEASED_STATES:
+        release(pledge.need_id, pledge.need_amount_minor)
+
+    from_state = pledge.state
+    pledge.state = target
+    record(pledge, actor, from_state, target, amount, reason)
+    db.session.flush()
+    _refresh_need(pledge.need)
+    logger.info("pledge %s id=%s from=%s to=%s amount=%s actor=%s", action, pledge.id, from_state, target, amount, actor.id if actor else None)
+    return pledge
+
+
+def act(user: User, pledge_id: int, action: str, amount_minor: int | None = None, reason: str = "") -> Pledge:
+    """Run a coordinator action (confirm, cancel, disburse) after the access check."""
+    if not user.is_coordinator:
+        raise Forbidden("Only coordinators can confirm, cancel or disburse pledges.")
+    if action == "cancel" and not (reason or "").strip():
+        raise ValidationFailed("A reason is required to cancel a pledge.", {"reason": "Reason is required."})
+    return transition(pledge_id, action, user, amount_minor, reason)
+
+
+def get_pledge(user: User, pledge_id: int) -> Pledge:
+    """Load a pledge that the user may see: coordinators all, donors their funder's."""
+    pledge = db.session.get(Pledge, pledge_id)
+    if pledge is None:
+        raise NotFound(f"Pledge {pledge_id} not found.")
+    if user.is_coordinator:
+        return pledge
+    funder = funder_for_user(user, create=False) if user.role == "donor" else None
+    if funder is not None and pledge.funder_id == funder.id:
+        return pledge
+    if user.role == "owner" and pledge.need.project.organisation_id == user.organisation_id:
+        return pledge
+    raise NotFound(f"Pledge {pledge_id} not found.")
+
+
+def need_totals(need_id: int) -> dict[str, int]:
+    """Sum a need's pledges by bucket, in the need's minor units."""
+    rows = db.session.execute(
+        select(Pledge.state, func.sum(Pledge.need_amount_minor), func.sum(Pledge.disbursed_minor))
+        .where(Pledge.need_id == need_id).group_by(Pledge.state)
+    ).all()
+    totals = {"pledged": 0, "confirmed": 0, "disbursed": 0}
+    for state, amount, disbursed in rows:
+        if state in RELEASED_STATES:
+            continue
+        totals["pledged"] += int(amount or 0)
+        if state in CONFIRMED_STATES:
+            totals["confirmed"] += int(amount or 0)
+        totals["disbursed"] += int(disbursed or 0)
+    return totals
+
+
+def today_utc() -> date:
+    return utcnow().date()

@@ -1,0 +1,123 @@
+"""Projects, their country/region/theme/sector tags and their funding needs."""
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Numeric, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from financing.accounts.models import Organisation
+from financing.core.time import utcnow
+from financing.core.types import UTCDateTime
+from financing.extensions import db
+
+PROJECT_STATUSES = ("draft", "submitted", "returned", "published", "funded", "closed", "withdrawn")
+NEED_STATUSES = ("open", "funded", "closed")
+TAG_KINDS = ("country", "region", "theme", "sector")
+
+
+class Project(db.Model):
+    __tablename__ = "project"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"), index=True)
+    title: Mapped[str] = mapped_column(String(300))
+    summary: Mapped[str] = mapped_column(String(1000), default="")
+    # Markdown source; rendered and sanitised on display.
+    description: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(20), default="draft", index=True)
+    iati_identifier: Mapped[str | None] = mapped_column(String(300), unique=True)
+    start_date: Mapped[date | None]
+    end_date: Mapped[date | None]
+    return_reason: Mapped[str | None] = mapped_column(Text)
+    # True for demo data whose goals and needs are invented for illustration.
+    illustrative: Mapped[bool] = mapped_column(default=False)
+    source: Mapped[str] = mapped_column(String(10), default="form")
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+
+    organisation: Mapped[Organisation] = relationship()
+    needs: Mapped[list["FundingNeed"]] = relationship(
+        back_populates="project", order_by="FundingNeed.position, FundingNeed.id",
+        cascade="all, delete-orphan",
+    )
+    tags: Mapped[list["ProjectTag"]] = relationship(
+        back_populates="project", cascade="all, delete-orphan", order_by="ProjectTag.code"
+    )
+
+    __table_args__ = (
+        CheckConstraint(f"status IN {PROJECT_STATUSES!r}", name="status"),
+        CheckConstraint("source IN ('form', 'api', 'iati', 'demo', 'csv')", name="source"),
+    )
+
+    def codes(self, kind: str) -> list[str]:
+        return sorted(tag.code for tag in self.tags if tag.kind == kind)
+
+    @property
+    def countries(self) -> list[str]:
+        return self.codes("country")
+
+    @property
+    def regions(self) -> list[str]:
+        return self.codes("region")
+
+    @property
+    def themes(self) -> list[str]:
+        return self.codes("theme")
+
+    @property
+    def sectors(self) -> list[str]:
+        return self.codes("sector")
+
+
+class ProjectTag(db.Model):
+    """One recipient country, region, theme or DAC sector of a project."""
+
+    __tablename__ = "project_tag"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)
+    code: Mapped[str] = mapped_column(String(30), primary_key=True)
+    # Share of the project in this country or sector, as IATI reports it; None when not given.
+    percentage: Mapped[Decimal | None] = mapped_column(Numeric(7, 3))
+
+    project: Mapped[Project] = relationship(back_populates="tags")
+
+    __table_args__ = (
+        CheckConstraint(f"kind IN {TAG_KINDS!r}", name="kind"),
+        Index("ix_project_tag_kind_code", "kind", "code"),
+    )
+
+
+class FundingNeed(db.Model):
+    __tablename__ = "funding_need"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"), index=True)
+    title: Mapped[str] = mapped_column(String(300))
+    # Amounts are integer minor units of `currency` (ISO 4217).
+    goal_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    # Sum of the need-currency amounts of pledges that are not cancelled or refunded. Kept in
+    # step by the pledge service in the same transaction, so a conditional UPDATE can enforce
+    # the goal under concurrent pledges.
+    pledged_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    deadline: Mapped[date | None]
+    allow_overfunding: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(10), default="open")
+    position: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    project: Mapped[Project] = relationship(back_populates="needs")
+
+    __table_args__ = (
+        CheckConstraint("goal_minor > 0", name="goal_positive"),
+        CheckConstraint("pledged_minor >= 0", name="pledged_not_negative"),
+        CheckConstraint(f"status IN {NEED_STATUSES!r}", name="status"),
+    )
+
+    @property
+    def remaining_minor(self) -> int:
+        return max(self.goal_minor - self.pledged_minor, 0)

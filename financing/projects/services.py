@@ -1,0 +1,319 @@
+"""Project rules: create and edit with needs, the publishing workflow, and search."""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+
+from sqlalchemy import Select, exists, func, or_, select
+
+from financing import reference
+from financing.accounts.models import User
+from financing.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from financing.core.time import utcnow
+from financing.extensions import db
+from financing.money import MAX_MAJOR_UNITS, check_currency, minor_units, MoneyError
+from financing.projects.models import FundingNeed, Project, ProjectTag
+
+logger = logging.getLogger(__name__)
+
+# Statuses from which an owner may still edit the project.
+EDITABLE = ("draft", "returned", "submitted")
+PUBLIC = ("published", "funded", "closed")
+
+
+@dataclass
+class NeedInput:
+    title: str
+    goal_minor: int
+    currency: str
+    deadline: date | None = None
+    allow_overfunding: bool = False
+    id: int | None = None
+
+
+@dataclass
+class ProjectInput:
+    title: str
+    summary: str = ""
+    description: str = ""
+    countries: list[str] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)
+    themes: list[str] = field(default_factory=list)
+    sectors: list[str] = field(default_factory=list)
+    start_date: date | None = None
+    end_date: date | None = None
+    needs: list[NeedInput] = field(default_factory=list)
+
+
+def check_codes(kind: str, codes: list[str]) -> list[str]:
+    """Normalise reference codes of one kind and raise ValidationFailed naming an unknown one."""
+    lookup = {
+        "countries": (reference.countries, str.upper),
+        "regions": (reference.regions, str.lower),
+        "themes": (reference.themes, str.lower),
+        "sectors": (reference.sectors, str.strip),
+    }[kind]
+    known, normalise = lookup
+    singular = {"countries": "country", "regions": "region", "themes": "theme", "sectors": "DAC sector"}[kind]
+    result: list[str] = []
+    for code in codes:
+        value = normalise(str(code).strip())
+        if value not in known():
+            message = f"Unknown {singular} {code!r}."
+            raise ValidationFailed(message, {kind: message})
+        if value not in result:
+            result.append(value)
+    return result
+
+
+def validate(data: ProjectInput) -> ProjectInput:
+    """Check the rules that hold whatever the input path; raise ValidationFailed per field."""
+    errors: dict[str, str] = {}
+    if not data.title.strip():
+        errors["title"] = "Title is required."
+    if data.start_date and data.end_date and data.end_date < data.start_date:
+        errors["end_date"] = f"End date {data.end_date.isoformat()} is before the start date {data.start_date.isoformat()}."
+    for kind in ("countries", "regions", "themes", "sectors"):
+        try:
+            setattr(data, kind, check_codes(kind, getattr(data, kind)))
+        except ValidationFailed as error:
+            errors.update(error.fields)
+    if not data.needs:
+        errors["needs"] = "Add at least one funding need."
+    for index, need in enumerate(data.needs):
+        prefix = f"needs.{index}"
+        if not need.title.strip():
+            errors[f"{prefix}.title"] = "Need title is required."
+        try:
+            need.currency = check_currency(need.currency)
+        except MoneyError as error:
+            errors[f"{prefix}.currency"] = error.message
+            continue
+        if need.goal_minor <= 0:
+            errors[f"{prefix}.goal"] = "Goal must be greater than zero."
+        elif need.goal_minor > MAX_MAJOR_UNITS * 10 ** minor_units(need.currency):
+            errors[f"{prefix}.goal"] = f"Goal is larger than the maximum of {MAX_MAJOR_UNITS:,} {need.currency}."
+    if errors:
+        raise ValidationFailed("The project has invalid fields.", errors)
+    return data
+
+
+def _set_tags(project: Project, data: ProjectInput) -> None:
+    wanted = {("country", c) for c in data.countries} | {("region", r) for r in data.regions}
+    wanted |= {("theme", t) for t in data.themes} | {("sector", s) for s in data.sectors}
+    for tag in list(project.tags):
+        if (tag.kind, tag.code) not in wanted:
+            project.tags.remove(tag)
+    present = {(tag.kind, tag.code) for tag in project.tags}
+    for kind, code in sorted(wanted - present):
+        project.tags.append(ProjectTag(kind=kind, code=code))
+
+
+def _set_needs(project: Project, needs: list[NeedInput]) -> None:
+    existing = {need.id: need for need in project.needs}
+    kept: list[FundingNeed] = []
+    for position, item in enumerate(needs):
+        need = existing.get(item.id) if item.id else None
+        if item.id and need is None:
+            raise ValidationFailed(f"Need {item.id} does not belong to this project.", {f"needs.{position}.id": f"Unknown need {item.id}."})
+        if need is None:
+            need = FundingNeed(pledged_minor=0)
+            project.needs.append(need)
+        elif need.pledged_minor and need.currency != item.currency:
+            raise Conflict(f"Need {need.id} has pledges; its currency cannot change.", {f"needs.{position}.currency": "The need has pledges; its currency cannot change."})
+        need.title = item.title.strip()
+        need.goal_minor = item.goal_minor
+        need.currency = item.currency
+        need.deadline = item.deadline
+        need.allow_overfunding = item.allow_overfunding
+        need.position = position
+        need.status = "funded" if need.pledged_minor >= need.goal_minor and need.status == "open" else need.status
+        kept.append(need)
+    for need in list(project.needs):
+        if need not in kept:
+            if need.pledged_minor:
+                raise Conflict(f"Need {need.id} has pledges and cannot be removed.", {"needs": f"Need {need.title!r} has pledges and cannot be removed."})
+            project.needs.remove(need)
+
+
+def _fill(project: Project, data: ProjectInput) -> None:
+    project.title = data.title.strip()
+    project.summary = data.summary.strip()
+    project.description = data.description
+    project.start_date = data.start_date
+    project.end_date = data.end_date
+    _set_tags(project, data)
+    _set_needs(project, data.needs)
+
+
+def create_project(owner: User, data: ProjectInput, source: str = "form") -> Project:
+    """Create a draft project with its needs for the owner's organisation."""
+    if owner.role != "owner" and not owner.is_coordinator:
+        raise Forbidden("Only project owners can create projects.")
+    if owner.organisation_id is None:
+        raise ValidationFailed("Your account has no organisation.", {"organisation": "Your account has no organisation; ask an admin to add one."})
+    validate(data)
+    project = Project(organisation_id=owner.organisation_id, created_by_id=owner.id, status="draft", source=source)
+    db.session.add(project)
+    _fill(project, data)
+    db.session.flush()
+    logger.info("project created id=%s organisation=%s user=%s", project.id, owner.organisation_id, owner.id)
+    return project
+
+
+def check_owner(user: User, project: Project) -> None:
+    if user.is_coordinator:
+        return
+    if user.role != "owner" or user.organisation_id != project.organisation_id:
+        raise Forbidden("You can only change projects of your own organisation.")
+
+
+def update_project(user: User, project: Project, data: ProjectInput) -> Project:
+    """Replace a project's fields and needs; owners may edit until it is published."""
+    check_owner(user, project)
+    if project.status not in EDITABLE and not user.is_coordinator:
+        raise Conflict(f"A {project.status} project cannot be edited.", {"status": project.status})
+    validate(data)
+    _fill(project, data)
+    if project.status == "submitted" and not user.is_coordinator:
+        project.status = "draft"
+    db.session.flush()
+    logger.info("project updated id=%s user=%s", project.id, user.id)
+    return project
+
+
+def _move(project: Project, allowed_from: tuple[str, ...], to: str, user: User) -> None:
+    if project.status not in allowed_from:
+        raise Conflict(
+            f"Cannot move project {project.id} from {project.status} to {to}.",
+            {"status": project.status},
+        )
+    logger.info("project %s id=%s from=%s user=%s", to, project.id, project.status, user.id)
+    project.status = to
+
+
+def submit_project(user: User, project: Project) -> Project:
+    check_owner(user, project)
+    if not project.needs:
+        raise ValidationFailed("Add at least one funding need before submitting.", {"needs": "Add at least one funding need."})
+    _move(project, ("draft", "returned"), "submitted", user)
+    return project
+
+
+def publish_project(user: User, project: Project) -> Project:
+    if not user.is_coordinator:
+        raise Forbidden("Only coordinators can publish projects.")
+    _move(project, ("submitted",), "published", user)
+    project.return_reason = None
+    project.published_at = utcnow()
+    return project
+
+
+def return_project(user: User, project: Project, reason: str) -> Project:
+    if not user.is_coordinator:
+        raise Forbidden("Only coordinators can return projects.")
+    if not (reason or "").strip():
+        raise ValidationFailed("A reason is required to return a project.", {"reason": "Reason is required."})
+    _move(project, ("submitted",), "returned", user)
+    project.return_reason = reason.strip()
+    return project
+
+
+def withdraw_project(user: User, project: Project) -> Project:
+    check_owner(user, project)
+    _move(project, ("draft", "submitted", "returned", "published"), "withdrawn", user)
+    return project
+
+
+def refresh_status(project: Project) -> None:
+    """Mark the project funded once every need is funded, and published again when one reopens."""
+    all_funded = bool(project.needs) and all(need.status == "funded" for need in project.needs)
+    if project.status == "published" and all_funded:
+        project.status = "funded"
+        logger.info("project funded id=%s", project.id)
+    elif project.status == "funded" and not all_funded:
+        project.status = "published"
+        logger.info("project open for pledges again id=%s", project.id)
+
+
+def get_project(project_id: int, viewer: User | None = None) -> Project:
+    """Load a project that the viewer may see: public ones, or the viewer's own, or any for coordinators."""
+    project = db.session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"Project {project_id} not found.")
+    if project.status in PUBLIC:
+        return project
+    if viewer is not None and viewer.is_authenticated and (
+        viewer.is_coordinator or viewer.organisation_id == project.organisation_id
+    ):
+        return project
+    raise NotFound(f"Project {project_id} not found.")
+
+
+@dataclass
+class ProjectFilters:
+    region: str | None = None
+    country: str | None = None
+    theme: str | None = None
+    sector: str | None = None
+    status: str | None = None
+    q: str | None = None
+    sort: str = "newest"
+    organisation_id: int | None = None
+
+
+SORTS = ("newest", "oldest", "title")
+
+
+def _tagged(kind: str, code: str):
+    return exists().where(ProjectTag.project_id == Project.id, ProjectTag.kind == kind, ProjectTag.code == code)
+
+
+def search_query(filters: ProjectFilters, public: bool = True) -> Select:
+    """Build the query for the browse page and the API list, with a stable order."""
+    query = select(Project)
+    if public:
+        statuses = PUBLIC if not filters.status else (filters.status,) if filters.status in PUBLIC else ()
+        query = query.where(Project.status.in_(statuses))
+    elif filters.status:
+        query = query.where(Project.status == filters.status)
+    if filters.organisation_id:
+        query = query.where(Project.organisation_id == filters.organisation_id)
+    if filters.country:
+        query = query.where(_tagged("country", filters.country.upper()))
+    if filters.region:
+        # A project counts for a region when tagged with it or with one of its countries.
+        region = reference.regions().get(filters.region)
+        countries = sorted(region.countries) if region else []
+        query = query.where(or_(
+            _tagged("region", filters.region),
+            exists().where(ProjectTag.project_id == Project.id, ProjectTag.kind == "country", ProjectTag.code.in_(countries)),
+        ))
+    if filters.theme:
+        theme = reference.themes().get(filters.theme)
+        sectors = sorted(theme.sectors) if theme else []
+        query = query.where(or_(
+            _tagged("theme", filters.theme),
+            exists().where(ProjectTag.project_id == Project.id, ProjectTag.kind == "sector", ProjectTag.code.in_(sectors)),
+        ))
+    if filters.sector:
+        query = query.where(_tagged("sector", filters.sector))
+    if filters.q:
+        # NOTE: lower() folds ASCII the same on SQLite and PostgreSQL, but not accents.
+        pattern = "%" + filters.q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(or_(
+            func.lower(Project.title).like(pattern, escape="\\"),
+            func.lower(Project.summary).like(pattern, escape="\\"),
+        ))
+    order = {
+        "newest": (Project.published_at.desc().nulls_last(), Project.id.desc()),
+        "oldest": (Project.published_at.asc().nulls_last(), Project.id.asc()),
+        "title": (Project.title.asc(), Project.id.asc()),
+    }.get(filters.sort, (Project.published_at.desc().nulls_last(), Project.id.desc()))
+    return query.order_by(*order)
+
+
+def paginate(query: Select, page: int, per_page: int) -> tuple[list, int]:
+    total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    items = list(db.session.scalars(query.limit(per_page).offset((page - 1) * per_page)))
+    return items, total or 0

@@ -1,0 +1,1 @@
+"""Reporting: the home page with platform totals, dashboards, statistics and exports."""

@@ -1,0 +1,111 @@
+"""The home page: platform totals per currency, featured projects and ways to browse."""
+
+from flask import Blueprint, render_template
+from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy.orm import selectinload
+
+from financing import reference
+from financing.extensions import db
+from financing.funders.models import Funder
+from financing.projects.models import FundingNeed, Project, ProjectTag
+from financing.projects.services import PUBLIC
+
+bp = Blueprint("reporting", __name__)
+
+FEATURED_COUNT = 3
+
+
+@bp.get("/")
+def home():
+    tags = _public_tags()
+    return render_template(
+        "reporting/home.html",
+        project_count=_count_public_projects(),
+        funder_count=db.session.scalar(select(func.count(Funder.id))) or 0,
+        currency_totals=_totals_per_currency(),
+        featured=_featured_projects(),
+        region_counts=_region_counts(tags),
+        theme_counts=_theme_counts(tags),
+    )
+
+
+def _count_public_projects() -> int:
+    return db.session.scalar(select(func.count(Project.id)).where(Project.status.in_(PUBLIC))) or 0
+
+
+def _totals_per_currency() -> list[dict]:
+    """Sum the goals and pledges of public projects' needs, one row per currency."""
+    query = (
+        select(FundingNeed.currency, func.sum(FundingNeed.goal_minor), func.sum(FundingNeed.pledged_minor), func.count(FundingNeed.id))
+        .join(Project, FundingNeed.project_id == Project.id)
+        .where(Project.status.in_(PUBLIC))
+        .group_by(FundingNeed.currency)
+        .order_by(func.sum(FundingNeed.goal_minor).desc(), FundingNeed.currency)
+    )
+    return [
+        {"currency": currency, "goal": int(goal or 0), "pledged": int(pledged or 0), "needs": count}
+        for currency, goal, pledged, count in db.session.execute(query)
+    ]
+
+
+def _featured_projects() -> list[Project]:
+    """Pick the published projects whose needs are, on average, the most pledged."""
+    # The share is a ratio used only to rank projects, never an amount, so a float is fine.
+    # Pledges beyond a goal count as 100% so that one over-funded need does not dominate.
+    capped = case((FundingNeed.pledged_minor > FundingNeed.goal_minor, FundingNeed.goal_minor), else_=FundingNeed.pledged_minor)
+    share = func.avg(cast(capped, Float) / FundingNeed.goal_minor)
+    ranked = (
+        select(Project.id)
+        .join(FundingNeed, FundingNeed.project_id == Project.id)
+        .where(Project.status == "published")
+        .group_by(Project.id)
+        .order_by(share.desc(), Project.id.desc())
+        .limit(FEATURED_COUNT)
+    )
+    ids = list(db.session.scalars(ranked))
+    if not ids:
+        return []
+    query = select(Project).where(Project.id.in_(ids)).options(
+        selectinload(Project.needs), selectinload(Project.tags), selectinload(Project.organisation)
+    )
+    by_id = {project.id: project for project in db.session.scalars(query)}
+    return [by_id[project_id] for project_id in ids if project_id in by_id]
+
+
+def _public_tags() -> list[tuple[int, str, str]]:
+    query = (
+        select(ProjectTag.project_id, ProjectTag.kind, ProjectTag.code)
+        .join(Project, ProjectTag.project_id == Project.id)
+        .where(Project.status.in_(PUBLIC))
+    )
+    return [tuple(row) for row in db.session.execute(query)]
+
+
+def _region_counts(tags: list[tuple[int, str, str]]) -> dict[str, int]:
+    """Count public projects per ITU-D region, by region tag or by a country in the region."""
+    region_of = {code: country.region for code, country in reference.countries().items()}
+    projects: dict[str, set[int]] = {slug: set() for slug in reference.regions()}
+    for project_id, kind, code in tags:
+        if kind == "region":
+            slug = code
+        elif kind == "country":
+            slug = region_of.get(code)
+        else:
+            continue
+        if slug in projects:
+            projects[slug].add(project_id)
+    return {slug: len(ids) for slug, ids in projects.items()}
+
+
+def _theme_counts(tags: list[tuple[int, str, str]]) -> dict[str, int]:
+    """Count public projects per theme, by theme tag or by a DAC sector the theme covers."""
+    themes = reference.themes()
+    projects: dict[str, set[int]] = {slug: set() for slug in themes}
+    for project_id, kind, code in tags:
+        if kind == "theme" and code in projects:
+            projects[code].add(project_id)
+        elif kind == "sector":
+            for slug, theme in themes.items():
+                if code in theme.sectors:
+                    projects[slug].add(project_id)
+    return {slug: len(ids) for slug, ids in projects.items()}
