@@ -2,6 +2,7 @@
 
 import logging
 from datetime import date, datetime, timezone
+from decimal import Decimal
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -12,14 +13,15 @@ from financing.core.time import utcnow
 from financing.extensions import db
 from financing.funders.models import Funder
 from financing.funders.services import funder_for_user
-from financing.money import MAX_MAJOR_UNITS, MoneyError, check_currency, minor_units
-from financing.pledges.models import RELEASED_STATES, Pledge, PledgeEvent
+from financing.money import MAX_MAJOR_UNITS, MoneyError, check_currency, convert, minor_units
+from financing.pledges.models import RELEASED_STATES, ExchangeRate, Pledge, PledgeEvent
 from financing.projects.models import FundingNeed, Project
 from financing.projects.services import refresh_status
 
 logger = logging.getLogger(__name__)
 
-# (state, action) -> next state. Disbursement picks partly_disbursed or disbursed by amount.
+# (state, action) -> next state. Disbursement picks partly_disbursed or disbursed by amount,
+# and a refund of part of a pledge keeps it confirmed.
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("pledged", "confirm"): "confirmed",
     ("pledged", "cancel"): "cancelled",
@@ -29,6 +31,9 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("pending_payment", "pay"): "confirmed",
     ("pending_payment", "expire"): "cancelled",
     ("confirmed", "refund"): "refunded",
+    ("confirmed", "dispute_open"): "confirmed",
+    ("confirmed", "dispute_won"): "confirmed",
+    ("confirmed", "dispute_lost"): "refunded",
 }
 # States that count as confirmed money for the "funded" mark on a need.
 CONFIRMED_STATES = ("confirmed", "partly_disbursed", "disbursed")
@@ -124,12 +129,16 @@ def create_pledge(
         currency = check_currency(currency)
     except MoneyError as error:
         raise ValidationFailed(error.message, {"currency": error.message})
+    rate = Decimal(1)
+    need_amount = amount_minor
     if currency != need.currency:
-        # NOTE: pledges in another currency need a stored exchange rate, which is not built yet.
-        raise ValidationFailed(
-            f"Currency {currency} differs from the need's currency {need.currency}.",
-            {"currency": f"Pledge in {need.currency}, the currency of this need."},
-        )
+        rate = find_rate(currency, need.currency, today_utc())
+        if rate is None:
+            message = f"No exchange rate from {currency} to {need.currency} is stored; pledge in {need.currency} or ask a coordinator to add the rate."
+            raise ValidationFailed(message, {"currency": message})
+        need_amount = convert(amount_minor, currency, need.currency, rate)
+        if need_amount <= 0:
+            raise ValidationFailed("Amount is too small once converted.", {"amount": f"Amount is worth less than one minor unit of {need.currency}."})
     if amount_minor > MAX_MAJOR_UNITS * 10 ** minor_units(currency):
         raise ValidationFailed("Amount is too large.", {"amount": f"Amount is larger than the maximum of {MAX_MAJOR_UNITS:,} {currency}."})
     _check_need_open(need)
@@ -138,18 +147,18 @@ def create_pledge(
     state = "pending_payment" if kind == "card" else "pledged"
     try:
         with db.session.begin_nested():
-            if not reserve(need.id, amount_minor):
+            if not reserve(need.id, need_amount):
                 raise Conflict(
                     f"A pledge of this amount would exceed the goal of need {need.id}.",
                     {"amount": "The amount is more than the need still requires."},
                 )
             pledge = Pledge(
                 need_id=need.id, funder_id=funder.id, kind=kind, state=state,
-                amount_minor=amount_minor, currency=currency, need_amount_minor=amount_minor,
+                amount_minor=amount_minor, currency=currency, need_amount_minor=need_amount, rate=rate,
                 idempotency_key=idempotency_key, created_by_id=user.id,
             )
             db.session.add(pledge)
-            record(pledge, user, None, state, amount_minor, reason)
+            record(pledge, user, None, state, need_amount, reason)
             db.session.flush()
     except IntegrityError:
         # A concurrent request with the same idempotency key won the insert.
@@ -170,9 +179,19 @@ def _lock(pledge_id: int) -> Pledge:
     return pledge
 
 
+def find_rate(base: str, quote: str, on: date) -> Decimal | None:
+    """Return the latest stored rate from base to quote valid on a day, or None."""
+    return db.session.scalar(
+        select(ExchangeRate.rate)
+        .where(ExchangeRate.base == base, ExchangeRate.quote == quote, ExchangeRate.valid_from <= on)
+        .order_by(ExchangeRate.valid_from.desc())
+        .limit(1)
+    )
+
+
 def confirmed_total(need_id: int) -> int:
     return db.session.scalar(
-        select(func.coalesce(func.sum(Pledge.need_amount_minor), 0)).where(
+        select(func.coalesce(func.sum(Pledge.need_amount_minor - Pledge.refunded_minor), 0)).where(
             Pledge.need_id == need_id, Pledge.state.in_(CONFIRMED_STATES)
         )
     ) or 0
@@ -190,30 +209,28 @@ def _refresh_need(need: FundingNeed) -> None:
 def transition(pledge_id: int, action: str, actor: User | None, amount_minor: int | None = None, reason: str = "") -> Pledge:
     """Apply one state-machine action to a pledge and write its ledger row.
 
-    Forbidden transitions raise Conflict and change nothing.
+    `amount_minor` is in the need's minor units: the tranche of a disbursement or the part
+    of a refund; None means all that is left. Forbidden transitions raise Conflict and
+    change nothing.
     """
     pledge = _lock(pledge_id)
     target = TRANSITIONS.get((pledge.state, action))
     if target is None:
-        raise Conflict(f"Cannot {action} a pledge that is {pledge.state}.", {"state": pledge.state})
+        raise Conflict(f"Cannot {action.replace('_', ' ')} a pledge that is {pledge.state}.", {"state": pledge.state})
     if action == "cancel" and pledge.kind == "card" and pledge.state == "confirmed":
         raise Conflict("A paid card pledge is refunded, not cancelled.", {"state": pledge.state})
 
-    amount = pledge.need_amount_minor
+    amount = pledge.active_minor
     if action == "disburse":
-        outstanding = pledge.need_amount_minor - pledge.disbursed_minor
-        amount = outstanding if amount_minor is None else amount_minor
-        if amount <= 0:
-            raise ValidationFailed("Disbursement must be greater than zero.", {"amount": "Must be greater than zero."})
-        if amount > outstanding:
-            raise Conflict(
-                f"Disbursement exceeds the {outstanding} minor units not yet disbursed.",
-                {"amount": "More than the amount not yet disbursed."},
-            )
-        pledge.disbursed_minor += amount
-        target = "disbursed" if pledge.disbursed_minor == pledge.need_amount_minor else "partly_disbursed"
+        amount, target = _disburse(pledge, amount_minor)
+    elif action == "refund":
+        amount, target = _refund(pledge, amount_minor)
+    elif action == "dispute_open":
+        pledge.disputed = True
+    elif action in ("dispute_won", "dispute_lost"):
+        pledge.disputed = False
     if target in RELEASED_STATES:
-        release(pledge.need_id, pledge.need_amount_minor)
+        release(pledge.need_id, pledge.active_minor)
 
     from_state = pledge.state
     pledge.state = target
@@ -222,6 +239,35 @@ def transition(pledge_id: int, action: str, actor: User | None, amount_minor: in
     _refresh_need(pledge.need)
     logger.info("pledge %s id=%s from=%s to=%s amount=%s actor=%s", action, pledge.id, from_state, target, amount, actor.id if actor else None)
     return pledge
+
+
+def _disburse(pledge: Pledge, amount_minor: int | None) -> tuple[int, str]:
+    outstanding = pledge.active_minor - pledge.disbursed_minor
+    amount = outstanding if amount_minor is None else amount_minor
+    if amount <= 0:
+        raise ValidationFailed("Disbursement must be greater than zero.", {"amount": "Must be greater than zero."})
+    if amount > outstanding:
+        raise Conflict(
+            f"Disbursement exceeds the {outstanding} minor units not yet disbursed.",
+            {"amount": "More than the amount not yet disbursed."},
+        )
+    pledge.disbursed_minor += amount
+    return amount, "disbursed" if pledge.disbursed_minor == pledge.active_minor else "partly_disbursed"
+
+
+def _refund(pledge: Pledge, amount_minor: int | None) -> tuple[int, str]:
+    """Refund all or part of a confirmed pledge; a partial refund releases only that part."""
+    refundable = pledge.active_minor
+    amount = refundable if amount_minor is None else amount_minor
+    if amount <= 0:
+        raise ValidationFailed("Refund must be greater than zero.", {"amount": "Must be greater than zero."})
+    if amount > refundable:
+        raise Conflict(f"Refund exceeds the {refundable} minor units not yet refunded.", {"amount": "More than the amount not yet refunded."})
+    if amount == refundable:
+        return amount, "refunded"
+    release(pledge.need_id, amount)
+    pledge.refunded_minor += amount
+    return amount, "confirmed"
 
 
 def act(user: User, pledge_id: int, action: str, amount_minor: int | None = None, reason: str = "") -> Pledge:
@@ -251,7 +297,7 @@ def get_pledge(user: User, pledge_id: int) -> Pledge:
 def need_totals(need_id: int) -> dict[str, int]:
     """Sum a need's pledges by bucket, in the need's minor units."""
     rows = db.session.execute(
-        select(Pledge.state, func.sum(Pledge.need_amount_minor), func.sum(Pledge.disbursed_minor))
+        select(Pledge.state, func.sum(Pledge.need_amount_minor - Pledge.refunded_minor), func.sum(Pledge.disbursed_minor))
         .where(Pledge.need_id == need_id).group_by(Pledge.state)
     ).all()
     totals = {"pledged": 0, "confirmed": 0, "disbursed": 0}

@@ -1,8 +1,8 @@
 """create initial schema
 
-Revision ID: 84046b8e419b
+Revision ID: 95a0570d6f60
 Revises: 
-Create Date: 2026-12-04 20:01:48.101285
+Create Date: 2026-12-04 20:42:00.323739
 
 """
 from alembic import op
@@ -12,7 +12,7 @@ import financing.core.types
 
 
 # revision identifiers, used by Alembic.
-revision = '84046b8e419b'
+revision = '95a0570d6f60'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -67,6 +67,20 @@ def upgrade():
     with op.batch_alter_table('api_token', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_api_token_user_id'), ['user_id'], unique=False)
 
+    op.create_table('exchange_rate',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('base', sa.String(length=3), nullable=False),
+    sa.Column('quote', sa.String(length=3), nullable=False),
+    sa.Column('rate', sa.Numeric(precision=24, scale=12), nullable=False),
+    sa.Column('valid_from', sa.Date(), nullable=False),
+    sa.Column('created_by_id', sa.Integer(), nullable=True),
+    sa.Column('created_at', financing.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.CheckConstraint('base <> quote', name=op.f('ck_exchange_rate_distinct_currencies')),
+    sa.CheckConstraint('rate > 0', name=op.f('ck_exchange_rate_rate_positive')),
+    sa.ForeignKeyConstraint(['created_by_id'], ['user_account.id'], name=op.f('fk_exchange_rate_created_by_id_user_account')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_exchange_rate')),
+    sa.UniqueConstraint('base', 'quote', 'valid_from', name='uq_exchange_rate_pair_day')
+    )
     op.create_table('funder',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=300), nullable=False),
@@ -156,6 +170,29 @@ def upgrade():
     with op.batch_alter_table('funding_need', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_funding_need_project_id'), ['project_id'], unique=False)
 
+    op.create_table('match_fund',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('funder_id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('factor', sa.Numeric(precision=8, scale=4), nullable=False),
+    sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('total_cap_minor', sa.BigInteger(), nullable=False),
+    sa.Column('per_pledge_cap_minor', sa.BigInteger(), nullable=True),
+    sa.Column('per_project_cap_minor', sa.BigInteger(), nullable=True),
+    sa.Column('used_minor', sa.BigInteger(), nullable=False),
+    sa.Column('starts_on', sa.Date(), nullable=True),
+    sa.Column('ends_on', sa.Date(), nullable=True),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('created_at', financing.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.CheckConstraint('factor > 0', name=op.f('ck_match_fund_factor_positive')),
+    sa.CheckConstraint('total_cap_minor > 0', name=op.f('ck_match_fund_total_cap_positive')),
+    sa.CheckConstraint('used_minor >= 0 AND used_minor <= total_cap_minor', name=op.f('ck_match_fund_used_range')),
+    sa.ForeignKeyConstraint(['funder_id'], ['funder.id'], name=op.f('fk_match_fund_funder_id_funder')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_match_fund'))
+    )
+    with op.batch_alter_table('match_fund', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_match_fund_funder_id'), ['funder_id'], unique=False)
+
     op.create_table('project_tag',
     sa.Column('project_id', sa.Integer(), nullable=False),
     sa.Column('kind', sa.String(length=10), nullable=False),
@@ -199,6 +236,14 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_match_score'), ['score'], unique=False)
         batch_op.create_index(batch_op.f('ix_match_status'), ['status'], unique=False)
 
+    op.create_table('match_fund_rule',
+    sa.Column('fund_id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=10), nullable=False),
+    sa.Column('code', sa.String(length=30), nullable=False),
+    sa.CheckConstraint("kind IN ('country', 'region', 'theme', 'sector')", name=op.f('ck_match_fund_rule_kind')),
+    sa.ForeignKeyConstraint(['fund_id'], ['match_fund.id'], name=op.f('fk_match_fund_rule_fund_id_match_fund'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('fund_id', 'kind', 'code', name=op.f('pk_match_fund_rule'))
+    )
     op.create_table('pledge',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('need_id', sa.Integer(), nullable=False),
@@ -210,6 +255,12 @@ def upgrade():
     sa.Column('need_amount_minor', sa.BigInteger(), nullable=False),
     sa.Column('rate', sa.Numeric(precision=24, scale=12), nullable=False),
     sa.Column('disbursed_minor', sa.BigInteger(), nullable=False),
+    sa.Column('refunded_minor', sa.BigInteger(), nullable=False),
+    sa.Column('payment_session_id', sa.String(length=255), nullable=True),
+    sa.Column('payment_intent_id', sa.String(length=255), nullable=True),
+    sa.Column('disputed', sa.Boolean(), nullable=False),
+    sa.Column('match_fund_id', sa.Integer(), nullable=True),
+    sa.Column('matches_pledge_id', sa.Integer(), nullable=True),
     sa.Column('idempotency_key', sa.String(length=200), nullable=True),
     sa.Column('import_key', sa.String(length=400), nullable=True),
     sa.Column('created_by_id', sa.Integer(), nullable=True),
@@ -220,17 +271,24 @@ def upgrade():
     sa.CheckConstraint('amount_minor > 0', name=op.f('ck_pledge_amount_positive')),
     sa.CheckConstraint('disbursed_minor >= 0 AND disbursed_minor <= need_amount_minor', name=op.f('ck_pledge_disbursed_range')),
     sa.CheckConstraint('need_amount_minor > 0', name=op.f('ck_pledge_need_amount_positive')),
+    sa.CheckConstraint('refunded_minor >= 0 AND refunded_minor <= need_amount_minor', name=op.f('ck_pledge_refunded_range')),
     sa.ForeignKeyConstraint(['created_by_id'], ['user_account.id'], name=op.f('fk_pledge_created_by_id_user_account')),
     sa.ForeignKeyConstraint(['funder_id'], ['funder.id'], name=op.f('fk_pledge_funder_id_funder')),
+    sa.ForeignKeyConstraint(['match_fund_id'], ['match_fund.id'], name=op.f('fk_pledge_match_fund_id_match_fund')),
+    sa.ForeignKeyConstraint(['matches_pledge_id'], ['pledge.id'], name=op.f('fk_pledge_matches_pledge_id_pledge')),
     sa.ForeignKeyConstraint(['need_id'], ['funding_need.id'], name=op.f('fk_pledge_need_id_funding_need')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_pledge')),
     sa.UniqueConstraint('created_by_id', 'idempotency_key', name='uq_pledge_idempotency'),
-    sa.UniqueConstraint('import_key', name=op.f('uq_pledge_import_key'))
+    sa.UniqueConstraint('import_key', name=op.f('uq_pledge_import_key')),
+    sa.UniqueConstraint('matches_pledge_id', name=op.f('uq_pledge_matches_pledge_id')),
+    sa.UniqueConstraint('payment_session_id', name=op.f('uq_pledge_payment_session_id'))
     )
     with op.batch_alter_table('pledge', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_pledge_created_by_id'), ['created_by_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_pledge_funder_id'), ['funder_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_pledge_match_fund_id'), ['match_fund_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_pledge_need_id'), ['need_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_pledge_payment_intent_id'), ['payment_intent_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_pledge_state'), ['state'], unique=False)
 
     op.create_table('pledge_event',
@@ -249,22 +307,42 @@ def upgrade():
     with op.batch_alter_table('pledge_event', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_pledge_event_pledge_id'), ['pledge_id'], unique=False)
 
+    op.create_table('stripe_event',
+    sa.Column('id', sa.String(length=255), nullable=False),
+    sa.Column('type', sa.String(length=100), nullable=False),
+    sa.Column('pledge_id', sa.Integer(), nullable=True),
+    sa.Column('created', financing.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('received_at', financing.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('outcome', sa.String(length=300), nullable=False),
+    sa.ForeignKeyConstraint(['pledge_id'], ['pledge.id'], name=op.f('fk_stripe_event_pledge_id_pledge')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_stripe_event'))
+    )
+    with op.batch_alter_table('stripe_event', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_stripe_event_pledge_id'), ['pledge_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade():
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('stripe_event', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_stripe_event_pledge_id'))
+
+    op.drop_table('stripe_event')
     with op.batch_alter_table('pledge_event', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_pledge_event_pledge_id'))
 
     op.drop_table('pledge_event')
     with op.batch_alter_table('pledge', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_pledge_state'))
+        batch_op.drop_index(batch_op.f('ix_pledge_payment_intent_id'))
         batch_op.drop_index(batch_op.f('ix_pledge_need_id'))
+        batch_op.drop_index(batch_op.f('ix_pledge_match_fund_id'))
         batch_op.drop_index(batch_op.f('ix_pledge_funder_id'))
         batch_op.drop_index(batch_op.f('ix_pledge_created_by_id'))
 
     op.drop_table('pledge')
+    op.drop_table('match_fund_rule')
     with op.batch_alter_table('match', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_match_status'))
         batch_op.drop_index(batch_op.f('ix_match_score'))
@@ -276,6 +354,10 @@ def downgrade():
         batch_op.drop_index('ix_project_tag_kind_code')
 
     op.drop_table('project_tag')
+    with op.batch_alter_table('match_fund', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_match_fund_funder_id'))
+
+    op.drop_table('match_fund')
     with op.batch_alter_table('funding_need', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_funding_need_project_id'))
 
@@ -291,6 +373,7 @@ def downgrade():
 
     op.drop_table('project')
     op.drop_table('funder')
+    op.drop_table('exchange_rate')
     with op.batch_alter_table('api_token', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_api_token_user_id'))
 
