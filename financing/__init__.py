@@ -56,3 +56,5 @@ def _check_production(app: Flask) -> None:
 def _configure_logging(app: Flask) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic logs each of its plugins at INFO on every start; keep its warnings only.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
