@@ -21,6 +21,7 @@ run: install
 	$(FLASK) db upgrade
 	$(FLASK) demo load
 	$(FLASK) iati import data/iati-activities/*.xml
+	$(FLASK) match learn
 	$(FLASK) match run
 	$(FLASK) run --host 127.0.0.1 --port 5000
 

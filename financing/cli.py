@@ -114,6 +114,20 @@ def match_run(project_id, funder_id):
     click.echo(str(report))
 
 
+@match.command("learn")
+@click.option("--funder", "funder_id", type=int, help="Learn only this funder's profile.")
+def match_learn(funder_id):
+    """Learn funder preferences from the IATI activities they fund."""
+    from financing.matching.profiles import learn_profiles
+
+    try:
+        report = learn_profiles(funder_id)
+        db.session.commit()
+    except DomainError as error:
+        _fail(error)
+    click.echo(str(report))
+
+
 def register_commands(app: Flask) -> None:
     for group in (users, demo, iati, match):
         app.cli.add_command(group)

@@ -2,6 +2,7 @@
 
 from financing.accounts.models import ApiToken, Organisation, User  # noqa: F401
 from financing.funders.models import Funder, FunderPreference  # noqa: F401
+from financing.matching.allocation_models import AllocationRow, AllocationRun  # noqa: F401
 from financing.matching.models import Match  # noqa: F401
 from financing.payments.models import StripeEvent  # noqa: F401
 from financing.pledges.models import ExchangeRate, MatchFund, MatchFundRule, Pledge, PledgeEvent  # noqa: F401

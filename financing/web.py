@@ -15,6 +15,7 @@ from financing.core.errors import DomainError
 from financing.core.http import error_body, wants_json
 from financing.core.markdown import render_markdown
 from financing.extensions import db, login_manager
+from financing.jobs import run_ready_jobs
 from financing.money import format_compact, format_money
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,11 @@ BLUEPRINTS = (
     "financing.projects.views",
     "financing.funders.views",
     "financing.pledges.views",
+    "financing.pledges.match_fund_views",
+    "financing.payments.views",
     "financing.matching.views",
+    "financing.matching.allocation_views",
+    "financing.rates.views",
     "financing.api",
 )
 
@@ -43,6 +48,11 @@ def register_web(app: Flask) -> None:
     _register_login(app)
     _register_errors(app)
     _register_template_helpers(app)
+
+    @app.after_request
+    def start_ready_jobs(response):
+        run_ready_jobs()
+        return response
 
     @app.get("/healthz")
     def healthz():

@@ -40,7 +40,7 @@ JOIN_TIMEOUT = 120
 def server(app):
     """Serve a second app on the same database, with a pool large enough for every thread.
 
-    The session `app` has created the tables; its default pool of 15 connections would make
+    The session `app` has created the tables. Its default pool of 15 connections would make
     half of 30 requests wait for a connection instead of for the database's row locks.
     """
     engine_options = {"pool_pre_ping": True, "pool_size": MAX_THREADS, "max_overflow": 0, "pool_timeout": 60}
@@ -119,8 +119,9 @@ def unexpected(responses: list[Response], *expected: int) -> list[tuple[int, str
 
 
 def active_total(db, need_id: int) -> int:
+    """Sum what the need's pledges that are not cancelled or refunded still count against its goal."""
     return db.session.scalar(
-        select(func.coalesce(func.sum(Pledge.need_amount_minor), 0)).where(
+        select(func.coalesce(func.sum(Pledge.need_amount_minor - Pledge.refunded_minor), 0)).where(
             Pledge.need_id == need_id, Pledge.state.not_in(RELEASED_STATES)
         )
     )

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from babel.dates import format_date
 from flask import g, request_started
 from lxml import html
 from sqlalchemy import func, select
@@ -18,6 +19,7 @@ from financing.pledges.models import Pledge, PledgeEvent
 from financing.pledges.services import create_pledge, need_totals
 from financing.projects.models import FundingNeed
 from financing.projects.services import NeedInput, ProjectInput, create_project, publish_project, submit_project, withdraw_project
+from stripe_fake import StripeFake
 
 ON_POSTGRES = os.environ.get("TEST_DATABASE_URL", "").startswith("postgresql")
 KEY = "0b6c1a4e-3f2d-4c5b-9a8e-7d6f5e4c3b2a"
@@ -101,7 +103,8 @@ def pledge_id_from(response) -> int:
 
 
 def test_pledge_form_shows_need(client, login, people, db):
-    need = publish_need(db, people, deadline=utcnow().date() + timedelta(days=30))
+    deadline = utcnow().date() + timedelta(days=30)
+    need = publish_need(db, people, deadline=deadline)
     login(people.donor)
 
     response = client.get(f"/needs/{need.id}/pledge")
@@ -112,14 +115,15 @@ def test_pledge_form_shows_need(client, login, people, db):
     assert "Rural broadband for Kenya" in text
     assert "Access points" in text
     assert "€1,000.00" in text
-    assert "accepts pledges until the end of" in text
-    assert "(UTC)" in text
+    assert f"accepts pledges until the end of {format_date(deadline, 'medium', locale='en')} (UTC)." in text
     assert "Card payments are switched off on this platform" in text
     key = document.xpath("//input[@name='idempotency_key']/@value")
     assert len(key) == 1
     assert re.fullmatch(r"[0-9a-f-]{36}", key[0])
     assert document.xpath("//label[@for='amount']")
-    assert document.xpath("//input[@name='currency']/@value") == ["EUR"]
+    # Without a stored exchange rate, the need's currency is the only choice.
+    assert document.xpath("//select[@name='currency']/option/@value") == ["EUR"]
+    assert document.xpath("//select[@name='currency']/option[@selected]/@value") == ["EUR"]
 
 
 def test_card_notice_hidden_when_cards_enabled(app, client, login, people, need, monkeypatch):
@@ -129,6 +133,117 @@ def test_card_notice_hidden_when_cards_enabled(app, client, login, people, need,
     response = client.get(f"/needs/{need.id}/pledge")
 
     assert "Card payments are switched off" not in text_of(response)
+
+
+# Card payments on the pledge form, against the local Stripe fake of tests/stripe_fake.py
+
+
+@pytest.fixture(scope="module")
+def stripe_server():
+    server = StripeFake().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cards_on(app, stripe_server, monkeypatch) -> StripeFake:
+    """Switch card payments on for one test, against a freshly reset fake on 127.0.0.1."""
+    stripe_server.reset()
+    settings = {"STRIPE_SECRET_KEY": "sk_test_fake", "STRIPE_API_BASE": stripe_server.base, "STRIPE_MAX_NETWORK_RETRIES": 0, "STRIPE_TIMEOUT_SECONDS": 5}
+    for name, value in settings.items():
+        monkeypatch.setitem(app.config, name, value)
+    return stripe_server
+
+
+def kinds_offered(response) -> list[str]:
+    return page(response).xpath("//input[@name='kind']/@value")
+
+
+def test_card_option_offered_when_enabled(client, login, people, need, cards_on):
+    login(people.donor)
+
+    response = client.get(f"/needs/{need.id}/pledge")
+
+    assert kinds_offered(response) == ["commitment", "card"]
+    labels = [" ".join(label.text_content().split()) for label in page(response).xpath("//fieldset//label")]
+    assert labels == ["Commitment", "Card payment"]
+
+
+def test_card_option_hidden_when_disabled(client, login, people, need, db):
+    login(people.donor)
+
+    form_page = client.get(f"/needs/{need.id}/pledge")
+    response = post_pledge(client, need.id, "25.00", kind="card")
+
+    assert kinds_offered(form_page) == ["commitment"]
+    assert response.status_code == 422
+    assert page(response).xpath("//*[@id='kind-error']/text()") == ["Card payments are switched off on this platform."]
+    assert page(response).xpath("//input[@name='amount']/@value") == ["25.00"]
+    assert pledge_count(db) == 0
+
+
+def test_unknown_kind_rejected(client, login, people, need, db):
+    login(people.donor)
+
+    response = post_pledge(client, need.id, "25.00", kind="cash")
+
+    assert response.status_code == 422
+    assert page(response).xpath("//*[@id='kind-error']/text()") == ["Unknown kind of pledge 'cash': choose Commitment or Card payment."]
+    assert pledge_count(db) == 0
+
+
+def test_card_pledge_redirects_to_checkout(client, login, people, need, db, cards_on):
+    login(people.donor)
+
+    response = post_pledge(client, need.id, "25.00", kind="card")
+
+    assert response.status_code == 303
+    sessions = list(cards_on.state.sessions.values())
+    assert len(sessions) == 1
+    assert response.headers["Location"] == sessions[0]["url"]
+    pledge = db.session.scalar(select(Pledge))
+    assert (pledge.kind, pledge.state, pledge.amount_minor, pledge.currency) == ("card", "pending_payment", 2_500, "EUR")
+    assert pledge.payment_session_id == sessions[0]["id"]
+    assert f"pledge={pledge.id}" in sessions[0]["success_url"]
+    assert sessions[0]["amount_total"] == 2_500
+
+    again = post_pledge(client, need.id, "25.00", kind="card")
+
+    assert again.status_code == 303
+    assert again.headers["Location"] == response.headers["Location"]
+    assert pledge_count(db) == 1
+
+
+def test_card_pledge_over_goal_names_remaining(client, login, people, need, db, cards_on):
+    login(people.donor)
+
+    response = post_pledge(client, need.id, "1000.01", kind="card")
+
+    assert response.status_code == 409
+    assert page(response).xpath("//*[@id='amount-error']/text()") == ["The amount is more than the need still requires (remaining: €1,000.00)."]
+    assert cards_on.state.sessions == {}
+    assert pledge_count(db) == 0
+
+
+def test_card_pledge_stripe_failure(client, login, people, need, db, cards_on):
+    cards_on.fail(500, "Stripe is down for maintenance.", path="/v1/checkout/sessions")
+    login(people.donor)
+
+    response = post_pledge(client, need.id, "25.00", kind="card")
+
+    assert response.status_code == 502
+    summary = " ".join(page(response).xpath("//*[@class='error-summary']//text()"))
+    assert "The pledge was cancelled; please try again later." in summary
+    fresh_key = page(response).xpath("//input[@name='idempotency_key']/@value")
+    assert len(fresh_key) == 1
+    assert fresh_key[0] != KEY
+    db.session.expire_all()
+    assert db.session.scalar(select(Pledge.state)) == "cancelled"
+    assert db.session.get(FundingNeed, need.id).pledged_minor == 0
+
+    retried = post_pledge(client, need.id, "25.00", key=fresh_key[0], kind="card")
+    assert retried.status_code == 303
+    assert pledge_count(db) == 2
 
 
 def test_each_rendering_gets_new_key(client, login, people, need):

@@ -3,12 +3,12 @@
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Numeric, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from financing.accounts.models import Organisation, User
 from financing.core.time import utcnow
-from financing.core.types import UTCDateTime
+from financing.core.types import ExactDecimal, UTCDateTime
 from financing.extensions import db
 
 FUNDER_KINDS = ("institution", "individual")
@@ -86,7 +86,7 @@ class FunderPreference(db.Model):
     code: Mapped[str] = mapped_column(String(30), primary_key=True)
     # Share of the funder's committed amounts behind a learned preference, 0 to 1; None when
     # entered by hand.
-    weight: Mapped[Decimal | None] = mapped_column(Numeric(7, 6))
+    weight: Mapped[Decimal | None] = mapped_column(ExactDecimal(7, 6))
 
     funder: Mapped[Funder] = relationship(back_populates="preferences")
 

@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from financing.accounts.models import User
 from financing.core.errors import Forbidden, NotFound, ValidationFailed
 from financing.extensions import db
+from financing.jobs import enqueue_after_commit
 from financing.funders.models import Funder, FunderPreference
 from financing.money import MAX_MAJOR_UNITS, MoneyError, check_currency, minor_units
 from financing.projects.services import check_codes
@@ -126,8 +127,16 @@ def update_funder(user: User, funder: Funder, data: FunderInput) -> Funder:
     funder.ticket_max_minor = data.ticket_max_minor
     funder.annual_budget_minor = data.annual_budget_minor
     funder.decision_days = data.decision_days
+    learned_before = {(pref.kind, pref.code) for pref in funder.preferences if pref.weight is not None}
     set_preferences(funder, data)
+    kept = {(pref.kind, pref.code) for pref in funder.preferences}
+    if learned_before and kept != learned_before:
+        # A hand edit of learned preferences marks them all as set by hand, so that the next
+        # learning run leaves the profile alone.
+        for pref in funder.preferences:
+            pref.weight = None
     db.session.flush()
+    enqueue_after_commit("match.funder", funder_id=funder.id)
     logger.info("funder updated id=%s user=%s", funder.id, user.id)
     return funder
 

@@ -761,3 +761,19 @@ def run_matching(project_id: int | None = None, funder_id: int | None = None) ->
     run.report.seconds = time.perf_counter() - started
     logger.info("match run finished project=%s funder=%s: %s", project_id, funder_id, run.report)
     return run.report
+
+
+def recompute_for_project(project_id: int) -> None:
+    """Job: recompute one project's suggestions after it, a need or a pledge changed."""
+    if db.session.get(Project, project_id) is None:
+        logger.info("match recompute skipped: project %s no longer exists", project_id)
+        return
+    run_matching(project_id=project_id)
+
+
+def recompute_for_funder(funder_id: int) -> None:
+    """Job: recompute one funder's suggestions after its profile changed."""
+    if db.session.get(Funder, funder_id) is None:
+        logger.info("match recompute skipped: funder %s no longer exists", funder_id)
+        return
+    run_matching(funder_id=funder_id)

@@ -3,11 +3,11 @@
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Numeric, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from financing.core.time import utcnow
-from financing.core.types import UTCDateTime
+from financing.core.types import ExactDecimal, UTCDateTime
 from financing.extensions import db
 from financing.funders.models import Funder
 from financing.projects.models import FundingNeed
@@ -33,7 +33,7 @@ class Pledge(db.Model):
     # currencies agree. This is what counts against the goal.
     need_amount_minor: Mapped[int] = mapped_column(BigInteger)
     # Major units of the need's currency for one major unit of `currency`, fixed when pledged.
-    rate: Mapped[Decimal] = mapped_column(Numeric(24, 12), default=Decimal(1))
+    rate: Mapped[Decimal] = mapped_column(ExactDecimal(24, 12), default=Decimal(1))
     # Disbursed so far, in minor units of the need's currency.
     disbursed_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     # Refunded so far (card pledges), in minor units of the need's currency; a partial refund
@@ -87,7 +87,7 @@ class ExchangeRate(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     base: Mapped[str] = mapped_column(String(3))
     quote: Mapped[str] = mapped_column(String(3))
-    rate: Mapped[Decimal] = mapped_column(Numeric(24, 12))
+    rate: Mapped[Decimal] = mapped_column(ExactDecimal(24, 12))
     # First day (UTC) the rate applies; the latest rate on or before a day is used.
     valid_from: Mapped[date]
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
@@ -109,7 +109,7 @@ class MatchFund(db.Model):
     funder_id: Mapped[int] = mapped_column(ForeignKey("funder.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     # Matched amount per unit pledged: 1 for 1:1, 2 for 2:1, 0.5 for 1:2.
-    factor: Mapped[Decimal] = mapped_column(Numeric(8, 4))
+    factor: Mapped[Decimal] = mapped_column(ExactDecimal(8, 4))
     # Caps and usage are integer minor units of `currency`.
     currency: Mapped[str] = mapped_column(String(3))
     total_cap_minor: Mapped[int] = mapped_column(BigInteger)

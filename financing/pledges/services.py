@@ -11,9 +11,11 @@ from financing.accounts.models import User
 from financing.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from financing.core.time import utcnow
 from financing.extensions import db
+from financing.jobs import enqueue_after_commit
 from financing.funders.models import Funder
 from financing.funders.services import funder_for_user
 from financing.money import MAX_MAJOR_UNITS, MoneyError, check_currency, convert, minor_units
+from financing.pledges import match_funds
 from financing.pledges.models import RELEASED_STATES, ExchangeRate, Pledge, PledgeEvent
 from financing.projects.models import FundingNeed, Project
 from financing.projects.services import refresh_status
@@ -166,7 +168,9 @@ def create_pledge(
         if existing is None:
             raise
         return existing, False
+    match_funds.match_pledge(pledge, user)
     db.session.refresh(need)
+    enqueue_after_commit("match.project", project_id=need.project_id)
     logger.info("pledge created id=%s need=%s funder=%s amount=%s %s user=%s", pledge.id, need.id, funder.id, amount_minor, currency, user.id)
     return pledge, True
 
@@ -237,7 +241,9 @@ def transition(pledge_id: int, action: str, actor: User | None, amount_minor: in
     record(pledge, actor, from_state, target, amount, reason)
     db.session.flush()
     _refresh_need(pledge.need)
+    enqueue_after_commit("match.project", project_id=pledge.need.project_id)
     logger.info("pledge %s id=%s from=%s to=%s amount=%s actor=%s", action, pledge.id, from_state, target, amount, actor.id if actor else None)
+    match_funds.after_transition(pledge, action, actor)
     return pledge
 
 

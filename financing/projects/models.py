@@ -3,12 +3,12 @@
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Numeric, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from financing.accounts.models import Organisation
 from financing.core.time import utcnow
-from financing.core.types import UTCDateTime
+from financing.core.types import ExactDecimal, UTCDateTime
 from financing.extensions import db
 
 PROJECT_STATUSES = ("draft", "submitted", "returned", "published", "funded", "closed", "withdrawn")
@@ -81,7 +81,7 @@ class ProjectTag(db.Model):
     kind: Mapped[str] = mapped_column(String(10), primary_key=True)
     code: Mapped[str] = mapped_column(String(30), primary_key=True)
     # Share of the project in this country or sector, as IATI reports it; None when not given.
-    percentage: Mapped[Decimal | None] = mapped_column(Numeric(7, 3))
+    percentage: Mapped[Decimal | None] = mapped_column(ExactDecimal(7, 3))
 
     project: Mapped[Project] = relationship(back_populates="tags")
 

@@ -11,6 +11,7 @@ from financing.accounts.models import User
 from financing.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from financing.core.time import utcnow
 from financing.extensions import db
+from financing.jobs import enqueue_after_commit
 from financing.money import MAX_MAJOR_UNITS, check_currency, minor_units, MoneyError
 from financing.projects.models import FundingNeed, Project, ProjectTag
 
@@ -178,6 +179,7 @@ def update_project(user: User, project: Project, data: ProjectInput) -> Project:
     if project.status == "submitted" and not user.is_coordinator:
         project.status = "draft"
     db.session.flush()
+    enqueue_after_commit("match.project", project_id=project.id)
     logger.info("project updated id=%s user=%s", project.id, user.id)
     return project
 
@@ -206,6 +208,7 @@ def publish_project(user: User, project: Project) -> Project:
     _move(project, ("submitted",), "published", user)
     project.return_reason = None
     project.published_at = utcnow()
+    enqueue_after_commit("match.project", project_id=project.id)
     return project
 
 
@@ -222,6 +225,7 @@ def return_project(user: User, project: Project, reason: str) -> Project:
 def withdraw_project(user: User, project: Project) -> Project:
     check_owner(user, project)
     _move(project, ("draft", "submitted", "returned", "published"), "withdrawn", user)
+    enqueue_after_commit("match.project", project_id=project.id)
     return project
 
 

@@ -1,8 +1,8 @@
 """create initial schema
 
-Revision ID: 95a0570d6f60
+Revision ID: 05fcadd4b287
 Revises: 
-Create Date: 2026-12-04 20:42:00.323739
+Create Date: 2026-12-04 21:55:01.095813
 
 """
 from alembic import op
@@ -12,7 +12,7 @@ import financing.core.types
 
 
 # revision identifiers, used by Alembic.
-revision = '95a0570d6f60'
+revision = '05fcadd4b287'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -50,6 +50,33 @@ def upgrade():
     with op.batch_alter_table('user_account', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_user_account_organisation_id'), ['organisation_id'], unique=False)
 
+    op.create_table('allocation_run',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('created_by_id', sa.Integer(), nullable=True),
+    sa.Column('created_at', financing.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('status', sa.String(length=10), nullable=False),
+    sa.Column('method', sa.String(length=10), nullable=False),
+    sa.Column('solver_status', sa.String(length=20), nullable=False),
+    sa.Column('solver_message', sa.Text(), nullable=False),
+    sa.Column('seconds', sa.Float(), nullable=False),
+    sa.Column('variables', sa.Integer(), nullable=False),
+    sa.Column('constraints', sa.Integer(), nullable=False),
+    sa.Column('objective', sa.Float(), nullable=False),
+    sa.Column('objective_currency', sa.String(length=3), nullable=False),
+    sa.Column('bound', sa.Float(), nullable=True),
+    sa.Column('gap', sa.Float(), nullable=True),
+    sa.Column('proposed', sa.JSON(), nullable=False),
+    sa.Column('open_need', sa.JSON(), nullable=False),
+    sa.Column('skipped', sa.JSON(), nullable=False),
+    sa.Column('settings', sa.JSON(), nullable=False),
+    sa.Column('accepted_at', financing.core.types.UTCDateTime(timezone=True), nullable=True),
+    sa.CheckConstraint("status IN ('proposed', 'accepted', 'failed')", name=op.f('ck_allocation_run_status')),
+    sa.ForeignKeyConstraint(['created_by_id'], ['user_account.id'], name=op.f('fk_allocation_run_created_by_id_user_account'), ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_allocation_run'))
+    )
+    with op.batch_alter_table('allocation_run', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_allocation_run_created_at'), ['created_at'], unique=False)
+
     op.create_table('api_token',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
@@ -71,7 +98,7 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('base', sa.String(length=3), nullable=False),
     sa.Column('quote', sa.String(length=3), nullable=False),
-    sa.Column('rate', sa.Numeric(precision=24, scale=12), nullable=False),
+    sa.Column('rate', financing.core.types.ExactDecimal(precision=24, scale=12), nullable=False),
     sa.Column('valid_from', sa.Date(), nullable=False),
     sa.Column('created_by_id', sa.Integer(), nullable=True),
     sa.Column('created_at', financing.core.types.UTCDateTime(timezone=True), nullable=False),
@@ -141,7 +168,7 @@ def upgrade():
     sa.Column('funder_id', sa.Integer(), nullable=False),
     sa.Column('kind', sa.String(length=10), nullable=False),
     sa.Column('code', sa.String(length=30), nullable=False),
-    sa.Column('weight', sa.Numeric(precision=7, scale=6), nullable=True),
+    sa.Column('weight', financing.core.types.ExactDecimal(precision=7, scale=6), nullable=True),
     sa.CheckConstraint("kind IN ('country', 'region', 'theme', 'sector')", name=op.f('ck_funder_preference_kind')),
     sa.ForeignKeyConstraint(['funder_id'], ['funder.id'], name=op.f('fk_funder_preference_funder_id_funder'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('funder_id', 'kind', 'code', name=op.f('pk_funder_preference'))
@@ -174,7 +201,7 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('funder_id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('factor', sa.Numeric(precision=8, scale=4), nullable=False),
+    sa.Column('factor', financing.core.types.ExactDecimal(precision=8, scale=4), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
     sa.Column('total_cap_minor', sa.BigInteger(), nullable=False),
     sa.Column('per_pledge_cap_minor', sa.BigInteger(), nullable=True),
@@ -197,7 +224,7 @@ def upgrade():
     sa.Column('project_id', sa.Integer(), nullable=False),
     sa.Column('kind', sa.String(length=10), nullable=False),
     sa.Column('code', sa.String(length=30), nullable=False),
-    sa.Column('percentage', sa.Numeric(precision=7, scale=3), nullable=True),
+    sa.Column('percentage', financing.core.types.ExactDecimal(precision=7, scale=3), nullable=True),
     sa.CheckConstraint("kind IN ('country', 'region', 'theme', 'sector')", name=op.f('ck_project_tag_kind')),
     sa.ForeignKeyConstraint(['project_id'], ['project.id'], name=op.f('fk_project_tag_project_id_project'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('project_id', 'kind', 'code', name=op.f('pk_project_tag'))
@@ -253,7 +280,7 @@ def upgrade():
     sa.Column('amount_minor', sa.BigInteger(), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
     sa.Column('need_amount_minor', sa.BigInteger(), nullable=False),
-    sa.Column('rate', sa.Numeric(precision=24, scale=12), nullable=False),
+    sa.Column('rate', financing.core.types.ExactDecimal(precision=24, scale=12), nullable=False),
     sa.Column('disbursed_minor', sa.BigInteger(), nullable=False),
     sa.Column('refunded_minor', sa.BigInteger(), nullable=False),
     sa.Column('payment_session_id', sa.String(length=255), nullable=True),
@@ -290,6 +317,41 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_pledge_need_id'), ['need_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_pledge_payment_intent_id'), ['payment_intent_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_pledge_state'), ['state'], unique=False)
+
+    op.create_table('allocation_row',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('run_id', sa.Integer(), nullable=False),
+    sa.Column('funder_id', sa.Integer(), nullable=False),
+    sa.Column('project_id', sa.Integer(), nullable=False),
+    sa.Column('need_id', sa.Integer(), nullable=False),
+    sa.Column('amount_minor', sa.BigInteger(), nullable=False),
+    sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('need_amount_minor', sa.BigInteger(), nullable=False),
+    sa.Column('need_currency', sa.String(length=3), nullable=False),
+    sa.Column('rate', sa.Numeric(precision=24, scale=12), nullable=False),
+    sa.Column('score', sa.Float(), nullable=False),
+    sa.Column('parts', sa.JSON(), nullable=False),
+    sa.Column('explanation', sa.Text(), nullable=False),
+    sa.Column('accepted', sa.Boolean(), nullable=False),
+    sa.Column('accepted_by_id', sa.Integer(), nullable=True),
+    sa.Column('accepted_at', financing.core.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('match_id', sa.Integer(), nullable=True),
+    sa.CheckConstraint('amount_minor > 0', name=op.f('ck_allocation_row_amount_positive')),
+    sa.CheckConstraint('need_amount_minor > 0', name=op.f('ck_allocation_row_need_amount_positive')),
+    sa.CheckConstraint('rate > 0', name=op.f('ck_allocation_row_rate_positive')),
+    sa.CheckConstraint('score >= 0 AND score <= 1', name=op.f('ck_allocation_row_score_range')),
+    sa.ForeignKeyConstraint(['accepted_by_id'], ['user_account.id'], name=op.f('fk_allocation_row_accepted_by_id_user_account'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['funder_id'], ['funder.id'], name=op.f('fk_allocation_row_funder_id_funder'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['match_id'], ['match.id'], name=op.f('fk_allocation_row_match_id_match'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['need_id'], ['funding_need.id'], name=op.f('fk_allocation_row_need_id_funding_need'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['project_id'], ['project.id'], name=op.f('fk_allocation_row_project_id_project'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['run_id'], ['allocation_run.id'], name=op.f('fk_allocation_row_run_id_allocation_run'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_allocation_row'))
+    )
+    with op.batch_alter_table('allocation_row', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_allocation_row_funder_id'), ['funder_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_allocation_row_project_id'), ['project_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_allocation_row_run_id'), ['run_id'], unique=False)
 
     op.create_table('pledge_event',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -333,6 +395,12 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_pledge_event_pledge_id'))
 
     op.drop_table('pledge_event')
+    with op.batch_alter_table('allocation_row', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_allocation_row_run_id'))
+        batch_op.drop_index(batch_op.f('ix_allocation_row_project_id'))
+        batch_op.drop_index(batch_op.f('ix_allocation_row_funder_id'))
+
+    op.drop_table('allocation_row')
     with op.batch_alter_table('pledge', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_pledge_state'))
         batch_op.drop_index(batch_op.f('ix_pledge_payment_intent_id'))
@@ -378,6 +446,10 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_api_token_user_id'))
 
     op.drop_table('api_token')
+    with op.batch_alter_table('allocation_run', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_allocation_run_created_at'))
+
+    op.drop_table('allocation_run')
     with op.batch_alter_table('user_account', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_user_account_organisation_id'))
 

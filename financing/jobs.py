@@ -1,0 +1,110 @@
+"""Background jobs, queued after the transaction that calls for them has committed.
+
+On the embedded default (no REDIS_URL) a queued job runs inline right after the commit, in
+its own transaction; in production it goes to an RQ queue on Redis and an `rq worker`
+process runs it. Jobs must be safe to run twice.
+"""
+
+import logging
+from importlib import import_module
+
+from flask import current_app, has_app_context, has_request_context, request
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from financing.extensions import db
+
+logger = logging.getLogger(__name__)
+
+QUEUE_NAME = "financing"
+# Job names a caller may queue, mapped to "module:function".
+JOBS = {
+    "match.project": "financing.matching.engine:recompute_for_project",
+    "match.funder": "financing.matching.engine:recompute_for_funder",
+}
+_PENDING = "financing_pending_jobs"
+
+
+def enqueue_after_commit(name: str, **kwargs) -> None:
+    """Queue a job to start once the current transaction commits; dropped on rollback."""
+    if name not in JOBS:
+        raise ValueError(f"Unknown job {name!r}; known jobs: {', '.join(sorted(JOBS))}.")
+    pending = db.session.info.setdefault(_PENDING, [])
+    if (name, kwargs) not in pending:
+        pending.append((name, kwargs))
+
+
+def _resolve(name: str):
+    module, function = JOBS[name].split(":")
+    return getattr(import_module(module), function)
+
+
+def run_job(name: str, kwargs: dict) -> None:
+    """Run one job in its own transaction; the RQ worker entry point."""
+    if not has_app_context():
+        from financing import create_app
+
+        with create_app().app_context():
+            return run_job(name, kwargs)
+    logger.info("job started name=%s args=%s", name, kwargs)
+    try:
+        _resolve(name)(**kwargs)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        logger.exception("job failed name=%s args=%s", name, kwargs)
+        raise
+    logger.info("job finished name=%s args=%s", name, kwargs)
+
+
+def _dispatch(jobs: list[tuple[str, dict]]) -> None:
+    if current_app.config.get("JOBS_INLINE", True):
+        for name, kwargs in jobs:
+            try:
+                run_job(name, kwargs)
+            except Exception:
+                # The request that queued the job has committed; a failed follow-up job is
+                # logged and must not turn that success into an error page.
+                continue
+        return
+    from redis import Redis
+    from rq import Queue, Retry
+
+    queue = Queue(QUEUE_NAME, connection=Redis.from_url(current_app.config["REDIS_URL"]))
+    for name, kwargs in jobs:
+        job = queue.enqueue(run_job, name, kwargs, retry=Retry(max=3, interval=[10, 60, 300]))
+        logger.info("job queued name=%s args=%s rq_id=%s", name, kwargs, job.id)
+
+
+_READY = "financing_ready_jobs"
+
+
+def _ready_list(session: Session) -> list:
+    # Jobs committed during a request belong to that request, which starts them when it
+    # ends; jobs committed elsewhere (commands, tests) wait for run_ready_jobs().
+    if has_request_context():
+        return request.environ.setdefault(_READY, [])
+    return session.info.setdefault(_READY, [])
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    jobs = session.info.pop(_PENDING, None)
+    if jobs and has_app_context():
+        # Started later, outside the commit hook, because no SQL may run inside it.
+        _ready_list(session).extend(jobs)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def run_ready_jobs() -> None:
+    """Start the jobs whose transaction has committed: the request's, or outside a request the session's."""
+    if has_request_context():
+        jobs = request.environ.pop(_READY, None)
+    else:
+        jobs = db.session.info.pop(_READY, None)
+    if jobs:
+        _dispatch(jobs)

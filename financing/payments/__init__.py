@@ -1,0 +1,1 @@
+"""Card payments through Stripe Checkout: creating sessions, webhooks and refunds."""
