@@ -168,13 +168,7 @@ def test_concurrent_pledges_stop_at_goal(server, db, make_user):
     "amount, amount_minor",
     [
         ("250.00", 25_000),
-        pytest.param(
-            "1000.00", GOAL_MINOR, id="fills-need",
-            # NOTE: create_pledge answers a retry that waited on the winner's row lock with 409
-            # when the winner filled the need; it should look the key up again and return the
-            # winner's pledge. Remove this mark once financing.pledges.services does that.
-            marks=pytest.mark.xfail(strict=True, reason="a concurrent retry of a pledge that fills the need gets 409"),
-        ),
+        pytest.param("1000.00", GOAL_MINOR, id="fills-need"),
     ],
 )
 def test_same_idempotency_key_at_once_makes_one_pledge(server, db, make_user, amount, amount_minor):

@@ -588,10 +588,11 @@ def _solve_lp(problem: Problem, scaled: _Scaled, settings: AllocationSettings) -
     """Solve the LP relaxation (0 <= x <= high), then dive towards the minimum tickets.
 
     Each dive round fixes at 0 the pairs that the last LP gave less than their minimum ticket,
-    holds the pairs that got at least their minimum inside [low, high], and solves again. The last
-    LP fixes at 0 every pair still short of its minimum. Every LP solution with the pairs it fixes
-    at 0 set to 0 is feasible for the next LP, so no round covers less than the previous one
-    after rounding. The relaxation's optimum bounds the MILP's from above. All LPs use column
+    keeps the pairs that got at least their minimum inside [low, high], and solves again. The last
+    LP fixes at 0 every pair still short of its minimum. An LP's solution with those pairs set
+    to 0 is feasible for the next LP, so each LP's optimum is at least the previous solution's
+    value once rounding has set its pairs below their minimum to 0. The relaxation's optimum
+    bounds the MILP's from above. All LPs use column
     generation, because HiGHS's dual simplex took 77 seconds on all 2.6 million pairs of the
     benchmark and 1 second on the 70,000 that column generation needed.
     """
@@ -682,10 +683,11 @@ def _objective(problem: Problem, amounts: np.ndarray) -> float:
 def solve(problem: Problem, settings: AllocationSettings) -> Solution:
     """Solve the allocation problem, round to minor units and check every bound with integers.
 
-    Method "lp" runs the two LPs, "milp" the MILP, and "auto" the two LPs and then, when their
-    proposal is further than ALLOCATION_MIP_GAP from the bound and the instance has at most
-    ALLOCATION_MILP_MAX_INDICATORS indicators, the MILP in the time left, keeping the better
-    proposal. Raises AllocationError when a rounded proposal breaks a bound beyond rounding noise.
+    Method "lp" runs the LP relaxation and its dive, and "milp" the MILP. Method "auto" runs
+    "lp" first. When that proposal is further than ALLOCATION_MIP_GAP from the bound and the
+    instance has at most ALLOCATION_MILP_MAX_INDICATORS indicators, it also runs the MILP in
+    the time left and keeps the better proposal. Raises AllocationError when a rounded
+    proposal breaks a bound by more than rounding explains.
     """
     started = time.perf_counter()
     pairs = problem.size
@@ -1018,12 +1020,12 @@ def accept_rows(user: User, run_id: int, row_ids: Iterable[int]) -> AcceptResult
     """Accept rows of a run: each one's project-funder match becomes accepted, introduced to both sides.
 
     Rows accepted before are skipped and listed in `already`. Raises Forbidden unless the user is a
-    coordinator, NotFound for an unknown run, ValidationFailed on field "row_ids" for no rows or rows
-    of another run, and Conflict, changing nothing, when a row's project is no longer published or
-    its need no longer open.
+    coordinator, and NotFound for an unknown run. Raises ValidationFailed on field "row_ids" when
+    no row or a row of another run is given. Raises Conflict, changing nothing, when a row's
+    project is no longer published or its need no longer open.
     """
-    # NOTE: two coordinators accepting rows of the same new project-funder pair at once can both
-    # insert its match; the later commit then fails on the unique constraint and has to be repeated.
+    # NOTE: two coordinators who accept rows of the same new project-funder pair at once can both
+    # insert its match. The later commit then fails on the unique constraint and must be repeated.
     _check_coordinator(user, "accept allocation rows")
     run = db.session.get(AllocationRun, run_id)
     if run is None:
@@ -1122,7 +1124,7 @@ def run_totals(run: AllocationRun) -> RunTotals:
     """Add up a run's rows by funder (in the funder's currency) and by region and theme (in the needs' currencies).
 
     A project in two regions or with two themes counts in each, so those lists can add up to
-    more than the total; currencies are never added together.
+    more than the total. Amounts in different currencies are never added together.
     """
     funder_rows = db.session.execute(
         select(AllocationRow.funder_id, Funder.name, AllocationRow.currency,
