@@ -41,6 +41,13 @@ class Config:
     MATCH_WEIGHTS = {"region": 0.35, "theme": 0.35, "ticket": 0.15, "capacity": 0.10, "time": 0.05}
     MATCH_MIN_SCORE = float(os.environ.get("MATCH_MIN_SCORE", "0.35"))
     MATCH_MAX_PER_PROJECT = int(os.environ.get("MATCH_MAX_PER_PROJECT", "20"))
+    # Allocation runs: "auto" solves the LP relaxation and, for small instances, the MILP with
+    # binary ticket indicators, keeping the better proposal.
+    ALLOCATION_METHOD = os.environ.get("ALLOCATION_METHOD", "auto")
+    ALLOCATION_TIME_LIMIT = int(os.environ.get("ALLOCATION_TIME_LIMIT", "120"))
+    ALLOCATION_UNBUDGETED_TICKETS = 1
+    ALLOCATION_MIP_GAP = 1e-4
+    ALLOCATION_MILP_MAX_INDICATORS = 10_000
     # Largest IATI file accepted by `iati import`, in bytes.
     IATI_MAX_FILE_BYTES = int(os.environ.get("IATI_MAX_FILE_BYTES", str(200 * 1024 * 1024)))
     PER_PAGE = 20
