@@ -37,7 +37,7 @@ class LiveServer:
     def __init__(self, app: Flask):
         self.app = app
         self.in_flight = 0
-        # Most requests the app handled at the same moment since start or reset_peak().
+        # Maximum number of requests inside the app at the same time since start() or reset_peak().
         self.peak_in_flight = 0
         self._lock = threading.Lock()
         self.server = make_server(HOST, 0, self._counting, threaded=True)
@@ -49,7 +49,7 @@ class LiveServer:
         return f"http://{HOST}:{self.port}"
 
     def _counting(self, environ, start_response):
-        """Call the app, counting the requests inside it; the app builds the whole body in the call."""
+        """Call the app and count the requests inside it; Flask builds the whole response body in this call."""
         with self._lock:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)

@@ -171,7 +171,7 @@ def test_concurrent_pledges_stop_at_goal(server, db, make_user):
         pytest.param("1000.00", GOAL_MINOR, id="fills-need"),
     ],
 )
-def test_same_idempotency_key_at_once_makes_one_pledge(server, db, make_user, amount, amount_minor):
+def test_concurrent_retries_make_one_pledge(server, db, make_user, amount, amount_minor):
     need = make_need(db, make_user)
     need_id = need.id
     donor = make_user("donor", organisation="European Commission")
