@@ -7,6 +7,7 @@ from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, T
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from financing.accounts.models import Organisation, User
+from financing.core.codes import CodesMixin
 from financing.core.time import utcnow
 from financing.core.types import ExactDecimal, UTCDateTime
 from financing.extensions import db
@@ -15,7 +16,8 @@ FUNDER_KINDS = ("institution", "individual")
 PREFERENCE_KINDS = ("country", "region", "theme", "sector")
 
 
-class Funder(db.Model):
+class Funder(CodesMixin, db.Model):
+    _code_rows = "preferences"
     __tablename__ = "funder"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -55,25 +57,6 @@ class Funder(db.Model):
         ),
         CheckConstraint("annual_budget_minor IS NULL OR annual_budget_minor > 0", name="budget_positive"),
     )
-
-    def codes(self, kind: str) -> list[str]:
-        return sorted(pref.code for pref in self.preferences if pref.kind == kind)
-
-    @property
-    def countries(self) -> list[str]:
-        return self.codes("country")
-
-    @property
-    def regions(self) -> list[str]:
-        return self.codes("region")
-
-    @property
-    def themes(self) -> list[str]:
-        return self.codes("theme")
-
-    @property
-    def sectors(self) -> list[str]:
-        return self.codes("sector")
 
 
 class FunderPreference(db.Model):

@@ -7,6 +7,7 @@ from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, T
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from financing.accounts.models import Organisation
+from financing.core.codes import CodesMixin
 from financing.core.time import utcnow
 from financing.core.types import ExactDecimal, UTCDateTime
 from financing.extensions import db
@@ -16,7 +17,8 @@ NEED_STATUSES = ("open", "funded", "closed")
 TAG_KINDS = ("country", "region", "theme", "sector")
 
 
-class Project(db.Model):
+class Project(CodesMixin, db.Model):
+    _code_rows = "tags"
     __tablename__ = "project"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -51,25 +53,6 @@ class Project(db.Model):
         CheckConstraint(f"status IN {PROJECT_STATUSES!r}", name="status"),
         CheckConstraint("source IN ('form', 'api', 'iati', 'demo', 'csv')", name="source"),
     )
-
-    def codes(self, kind: str) -> list[str]:
-        return sorted(tag.code for tag in self.tags if tag.kind == kind)
-
-    @property
-    def countries(self) -> list[str]:
-        return self.codes("country")
-
-    @property
-    def regions(self) -> list[str]:
-        return self.codes("region")
-
-    @property
-    def themes(self) -> list[str]:
-        return self.codes("theme")
-
-    @property
-    def sectors(self) -> list[str]:
-        return self.codes("sector")
 
 
 class ProjectTag(db.Model):
