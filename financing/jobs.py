@@ -1,7 +1,7 @@
 """Background jobs, queued after the transaction that calls for them has committed.
 
 On the embedded default (no REDIS_URL) a queued job runs inline right after the commit, in
-its own transaction; in production it goes to an RQ queue on Redis and an `rq worker`
+its own transaction. In production it goes to an RQ queue on Redis, where an `rq worker`
 process runs it. Jobs must be safe to run twice.
 """
 

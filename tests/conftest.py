@@ -20,8 +20,8 @@ def app():
 
     @app.before_request
     def forget_cached_user():
-        # The db fixture keeps one app context open for the whole test, so requests share `g`;
-        # drop Flask-Login's cached user so that each request loads its own.
+        # The db fixture keeps one app context open for the whole test, so requests share `g`.
+        # Dropping Flask-Login's cached user makes each request load its own.
         g.pop("_login_user", None)
 
     with app.app_context():

@@ -95,8 +95,9 @@ def create_token(user: User, name: str = "", scopes: str = "read pledge manage")
 def user_for_token(token: str) -> User | None:
     """Return the user of an unrevoked token, recording when it was last used.
 
-    The last-use time is written in its own short transaction at most once a minute, so a
+    The last-use time is written and committed at most once a minute per token, so a
     read-only request still records it and a busy client does not write on every call.
+    Call it before the request changes anything, because the commit includes the session.
     """
     row = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
     if row is None or row.revoked_at is not None or not row.user.active:

@@ -2,7 +2,7 @@
 
 
 class CodesMixin:
-    """Read a model's code rows by kind; `_code_rows` names the relationship that holds them."""
+    """Read a model's code rows by kind; `_code_rows` names the relationship that contains them."""
 
     _code_rows: str
 

@@ -45,8 +45,8 @@ def _find_funder(user: User) -> Funder | None:
 def funder_for_user(user: User, create: bool = True) -> Funder | None:
     """Return the funder a donor acts for: its organisation's, else its own individual one.
 
-    Two first requests of the same donor may both try to create the funder; the unique
-    organisation_id and user_id columns let one win, and the other reads the winner's row.
+    Two first requests of the same donor may both try to create the funder. The unique
+    organisation_id and user_id columns let one insert win, and the other reads its row.
     """
     funder = _find_funder(user)
     if funder is not None or not create:

@@ -218,7 +218,7 @@ def refund_pledge(user: User, pledge_id: int, amount_minor: int | None = None) -
 
 @dataclass(frozen=True)
 class PaymentStatus:
-    """What the pledge page shows about a card payment."""
+    """Card payment facts shown on the pledge page."""
 
     refundable: bool
     refund_needed: bool

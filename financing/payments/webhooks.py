@@ -15,7 +15,7 @@ state instead of assuming the previous event:
   for the same pledge is stale and ignored.
 
 Rules of the pledge state machine that an event breaks (a refund of a disbursed pledge)
-are recorded in the event's outcome as "needs attention" and answered with 200, because
+are recorded in the event's outcome as "needs attention" and acknowledged with 200, because
 Stripe's retries could not change them.
 """
 

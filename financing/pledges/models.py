@@ -36,7 +36,7 @@ class Pledge(db.Model):
     rate: Mapped[Decimal] = mapped_column(ExactDecimal(24, 12), default=Decimal(1))
     # Disbursed so far, in minor units of the need's currency.
     disbursed_minor: Mapped[int] = mapped_column(BigInteger, default=0)
-    # Refunded so far (card pledges), in minor units of the need's currency; a partial refund
+    # Refunded so far (card pledges), in minor units of the need's currency. A partial refund
     # keeps the pledge confirmed and releases this much of the need's goal.
     refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     # Card payments: the Stripe Checkout Session and PaymentIntent ids, and an open dispute.

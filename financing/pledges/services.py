@@ -150,8 +150,8 @@ def create_pledge(
     try:
         with db.session.begin_nested():
             if not reserve(need.id, need_amount):
-                # A concurrent request with the same key may have filled the need and
-                # committed while this one waited on the row lock; it is then the first result.
+                # A concurrent request with the same key may have filled the need and committed
+                # while this one waited on the row lock. Its pledge is then the first result.
                 existing = find_by_idempotency_key(user, idempotency_key) if idempotency_key else None
                 if existing is not None:
                     return existing, False
