@@ -4,7 +4,8 @@ For each activity with a funder, the script hides the activity and learns every 
 profile from the other activities. Then it ranks all funders for the hidden activity from what
 a project owner would enter: countries, regions, sectors, themes, amount and currency. It reports recall@1,
 recall@5, recall@10 and mean reciprocal rank (MRR) of the true funders for the learned
-ranking, for the v1 engine score and for three baselines. No database is needed.
+ranking of the matching engine (`engine.score_pair` on profiles learned in memory) and for three
+baselines. No database is needed.
 
     .venv/bin/python benchmarks/matching_quality.py                 # data/iati-activities/*.xml
     .venv/bin/python benchmarks/matching_quality.py FILE.xml ...    # other IATI activity files
@@ -35,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 from financing.iati.importer import ImportReport, _FileImport  # noqa: E402
 from financing.iati.parser import ParseError, iter_activities  # noqa: E402
 from financing.matching import engine, profiles  # noqa: E402
-from financing.matching.engine import FunderProfile, MatchSettings, NeedProfile, ProjectProfile  # noqa: E402
-from financing.matching.profiles import RANK_PARTS, Funding, LearnedProfile  # noqa: E402
+from financing.matching.engine import PARTS, MatchSettings, NeedProfile, ProjectProfile  # noqa: E402
+from financing.matching.profiles import Funding, LearnedProfile  # noqa: E402
 
 DEFAULT_FILES = ROOT / "data" / "iati-activities"
 CUTOFFS = (1, 5, 10)
@@ -44,7 +45,10 @@ RANDOM_SEEDS = (1, 2, 3, 4, 5)
 # Seed of the fixed random order that breaks ties between equal scores.
 TIE_SEED = 0
 # Weight values tried for each ranking part in the grid search.
-GRID_VALUES = (0.0, 1.0, 3.0)
+GRID_VALUES = (0.0, 1.0, 2.0, 3.0)
+# Parts the grid search weighs. Budget and decision time are unknown in IATI data, so the
+# capacity and time parts are the same for every funder and cannot change a ranking.
+TUNED_PARTS = ("region", "theme", "ticket", "currency", "experience")
 # Funders need at least this many activities to count in the macro average.
 MACRO_MIN_ACTIVITIES = 2
 
@@ -183,28 +187,8 @@ class Features:
     truth: np.ndarray        # bool: the funder funded the case
     popularity: np.ndarray   # training activities of the funder
     in_region: np.ndarray    # bool: the funder funded in one of the case's regions before
-    parts: np.ndarray        # float: the learned ranking parts, in RANK_PARTS order
-    learned: np.ndarray      # float: profiles.rank_score with the default weights
-    engine_v1: np.ndarray    # float: the v1 engine score with learned preferences
-
-
-def engine_funder(index: int, profile: LearnedProfile) -> FunderProfile:
-    """Turn a learned profile into the engine's funder snapshot: kept codes, learned ticket range."""
-    sectors = sorted(profile.weights["sector"])
-    categories: dict[str, str] = {}
-    sector_themes: dict[str, str] = {}
-    for code in sectors:
-        categories.setdefault(profiles.category_of(code), code)
-        for theme in profiles.themes_of(code):
-            sector_themes.setdefault(theme, code)
-    return FunderProfile(
-        id=index, currency=profile.currency or "EUR",
-        ticket_min_minor=profile.ticket_min_minor, ticket_max_minor=profile.ticket_max_minor,
-        annual_budget_minor=None, decision_days=None,
-        countries=frozenset(profile.weights["country"]), regions=frozenset(profile.weights["region"]),
-        themes=frozenset(profile.weights["theme"]), sectors=frozenset(sectors),
-        categories=categories, sector_themes=sector_themes, used_minor=0, year=2000,
-    )
+    parts: np.ndarray        # float: the engine's parts, in TUNED_PARTS order
+    learned: np.ndarray      # float: the engine score with the default weights
 
 
 def engine_project(case: Case) -> ProjectProfile:
@@ -223,39 +207,36 @@ def build_features(cases: list[Case], training: Training) -> Features:
     truth = np.zeros((n_cases, n_funders), dtype=bool)
     popularity = np.tile(training.counts, (n_cases, 1)).astype(float)
     in_region = np.zeros((n_cases, n_funders), dtype=bool)
-    parts = np.zeros((n_cases, n_funders, len(RANK_PARTS)))
+    parts = np.zeros((n_cases, n_funders, len(TUNED_PARTS)))
     learned = np.zeros((n_cases, n_funders))
-    engine_v1 = np.zeros((n_cases, n_funders))
 
     weights = MatchSettings.from_config({}).weights
     # No need has a deadline, so the day only has to be fixed.
     today = date(2000, 1, 1)
-    full_engine = [engine_funder(i, profile) if profile else None for i, profile in enumerate(training.full)]
+    full = [profiles.funder_snapshot(profile, i) if profile else None for i, profile in enumerate(training.full)]
     for case_index, case in enumerate(cases):
-        regions = profiles.project_regions(case.project)
+        regions = {region for _, region in case.project.country_regions} | set(case.project.regions)
         project = engine_project(case)
         for ref in case.funders:
             truth[case_index, index_of[ref]] = True
         for funder_index in range(n_funders):
-            profile = training.full[funder_index]
-            funder = full_engine[funder_index]
+            funder = full[funder_index]
             funder_regions = training.regions[funder_index]
             if (case_index, funder_index) in training.held_out:
                 # The case is one of the funder's training activities: take it out.
                 popularity[case_index, funder_index] -= 1
                 profile = training.held_out[(case_index, funder_index)]
-                funder = engine_funder(funder_index, profile) if profile else None
+                funder = profiles.funder_snapshot(profile, funder_index) if profile else None
                 funding = cases[case_index].funders[training.keys[funder_index]]
                 funder_regions = funder_regions - Counter(activity_regions(funding))
-            if profile is None:
+            if funder is None:
                 continue
             candidates[case_index, funder_index] = True
             in_region[case_index, funder_index] = bool(regions & set(funder_regions))
-            pair_parts = profiles.rank_parts(case.project, case.need, profile)
-            parts[case_index, funder_index] = [pair_parts[name] for name in RANK_PARTS]
-            learned[case_index, funder_index] = profiles.rank_score(pair_parts)
-            engine_v1[case_index, funder_index] = engine.score_pair(project, funder, weights, today).score
-    return Features(candidates, truth, popularity, in_region, parts, learned, engine_v1)
+            pair = engine.score_pair(project, funder, weights, today)
+            parts[case_index, funder_index] = [pair.parts[name] for name in TUNED_PARTS]
+            learned[case_index, funder_index] = pair.score
+    return Features(candidates, truth, popularity, in_region, parts, learned)
 
 
 # Ranks and metrics.
@@ -331,7 +312,7 @@ def region_scores(features: Features) -> np.ndarray:
 
 def grid() -> np.ndarray:
     """Return the weight combinations of the grid search, one row each, without the all-zero one."""
-    rows = [values for values in itertools.product(GRID_VALUES, repeat=len(RANK_PARTS)) if any(values)]
+    rows = [values for values in itertools.product(GRID_VALUES, repeat=len(TUNED_PARTS)) if any(values)]
     return np.array(rows)
 
 
@@ -339,9 +320,9 @@ def pair_ranks(features: Features, weight_rows: np.ndarray, ties: np.ndarray) ->
     """Rank each true (case, funder) pair under every weight row: returns the pairs and a rows x pairs array.
 
     The score of a row is the weighted sum of the logarithms of the floored parts, which
-    orders funders as profiles.rank_score does with those weights.
+    orders funders as engine.score_pair does with those weights.
     """
-    log_parts = np.log(profiles.RANK_FLOOR + features.parts)
+    log_parts = np.log(engine.FLOOR + features.parts)
     pairs = [tuple(pair) for pair in zip(*np.nonzero(features.truth))]
     ranks = np.full((len(weight_rows), len(pairs)), np.inf)
     column = 0
@@ -473,8 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     rows["random"] = mean_metrics([metrics(true_ranks(random_scores(features, seed), features, ties), n_cases) for seed in RANDOM_SEEDS])
     rows["popularity"] = metrics(true_ranks(popularity_scores(features), features, ties), n_cases)
     rows["region filter + popularity"] = metrics(true_ranks(region_scores(features), features, ties), n_cases)
-    rows["v1 engine score"] = metrics(true_ranks(features.engine_v1, features, ties), n_cases)
-    rows["learned ranking"] = metrics(true_ranks(features.learned, features, ties), n_cases)
+    rows["engine score"] = metrics(true_ranks(features.learned, features, ties), n_cases)
 
     tuned: dict[str, object] = {}
     if not args.no_grid:
@@ -483,15 +463,15 @@ def main(argv: list[str] | None = None) -> int:
         best = tune(pairs, ranks, weight_rows, set(range(n_cases)))
         tuned = {
             "grid_values": list(GRID_VALUES), "combinations": len(weight_rows),
-            "best_in_sample": dict(zip(RANK_PARTS, best.tolist())),
+            "best_in_sample": dict(zip(TUNED_PARTS, best.tolist())),
         }
         if len({case.file for case in cases}) > 1:
             chosen_ranks, chosen = leave_one_file_out(cases, pairs, ranks, weight_rows)
-            rows["learned ranking, leave-one-file-out weights"] = metrics(chosen_ranks, n_cases)
-            tuned["leave_one_file_out"] = {name: dict(zip(RANK_PARTS, row)) for name, row in chosen.items()}
+            rows["engine score, leave-one-file-out weights"] = metrics(chosen_ranks, n_cases)
+            tuned["leave_one_file_out"] = {name: dict(zip(TUNED_PARTS, row)) for name, row in chosen.items()}
 
-    learned = rows["learned ranking"]
-    beats = {name: beats_baselines(rows, name) for name in rows if name.startswith("learned ranking")}
+    learned = rows["engine score"]
+    beats = {name: beats_baselines(rows, name) for name in rows if name.startswith("engine score")}
     seconds = time.perf_counter() - started
 
     unseen = int(np.count_nonzero(features.truth & ~features.candidates))
@@ -513,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         "files": [display_path(path) for path in paths], "pledges_only": args.pledges_only,
         "activities": counts["activities"], "cases": n_cases,
         "funders": len(training.keys), "unrankable_links": unseen,
-        "rank_weights": profiles.DEFAULT_RANK_WEIGHTS, "results": rows, "tuning": tuned,
+        "weights": engine.DEFAULT_WEIGHTS, "results": rows, "tuning": tuned,
         "beats_baselines": beats, "seconds": round(seconds, 1),
     }
     print(json.dumps(summary, sort_keys=True))

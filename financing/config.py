@@ -36,10 +36,11 @@ class Config:
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     SESSION_COOKIE_SECURE = _flag("SESSION_COOKIE_SECURE")
-    # Matching: weights of the score parts, the lowest score kept as a suggestion, and the
-    # number of suggestions kept per project.
-    MATCH_WEIGHTS = {"region": 0.35, "theme": 0.35, "ticket": 0.15, "capacity": 0.10, "time": 0.05}
-    MATCH_MIN_SCORE = float(os.environ.get("MATCH_MIN_SCORE", "0.35"))
+    # Matching: weights of the score parts (merged over engine.DEFAULT_WEIGHTS, which the
+    # quality benchmark chose), the lowest score kept as a suggestion, and the number of
+    # suggestions kept per project.
+    MATCH_WEIGHTS: dict[str, float] = {}
+    MATCH_MIN_SCORE = float(os.environ.get("MATCH_MIN_SCORE", "0.2"))
     MATCH_MAX_PER_PROJECT = int(os.environ.get("MATCH_MAX_PER_PROJECT", "20"))
     # Allocation runs: "auto" solves the LP relaxation and, for small instances, the MILP with
     # binary ticket indicators, keeping the better proposal.

@@ -21,7 +21,7 @@ from financing.matching.allocation import (
     AllocationSettings, accept_rows, build_problem, get_run, run_allocation, run_totals, solve,
 )
 from financing.matching.allocation_models import AllocationRow, AllocationRun
-from financing.matching.engine import DEFAULT_WEIGHTS, FunderProfile, NeedProfile, ProjectProfile, run_matching
+from financing.matching.engine import DEFAULT_WEIGHTS, PARTS, FunderProfile, NeedProfile, ProjectProfile, run_matching
 from financing.matching.models import Match
 from financing.money import convert, minor_units
 from financing.pledges.models import ExchangeRate
@@ -82,19 +82,23 @@ def build_funder(db):
 
 
 @pytest.fixture
-def hand_case(build_project, build_funder):
+def hand_case(build_project, build_funder, app, monkeypatch):
     """Two funders and three needs in Kenya, all broadband, all EUR, no deadlines.
 
-    Funder A prefers Africa (region part 0.8): budget 100k, tickets 40k to 80k, so it scores
-    0.93 on every need. Funder B prefers Kenya (region part 1.0): budget 90k, tickets 30k to
-    60k. Its ticket part is 60/80 on the 80k need and 60/70 on the 70k need, so it scores
-    0.9625, 0.9786 and 1.0. Needs: N1 80k, N2 70k, N3 40k.
+    Only the region and ticket parts count here (weight 1 each), so that the scores are easy
+    to follow: each is the geometric mean of the two parts, raised by 0.01 and lowered again.
+    Funder A prefers Africa (region part 0.8): budget 100k, tickets 40k to 80k, inside on every
+    need, so it scores 0.8945 on each. Funder B prefers Kenya (region part 1.0): budget 90k,
+    tickets 30k to 60k. The 80k need is 80/60 above its maximum (ticket part 0.5 to the power
+    log10(80/60) = 0.917) and the 70k need 70/60 above (0.955), so it scores 0.9576, 0.9771 and
+    1.0. Needs: N1 80k, N2 70k, N3 40k.
 
-    Solved by hand (and checked by enumerating every split in steps of 1k): the optimum puts
-    A 50k on N1 and 40k on N2, and B its minimum ticket of 30k on each need, covering 180k
-    for an objective of 171,933. Taking the best score first (B 40k on N3, 50k on N2, then
-    A 80k on N1) covers only 170k for 163,330, and no split covers all 190k.
+    Solved by enumerating every split in steps of 1k: the only optimum puts A 50k on N1 and
+    40k on N2, and B its minimum ticket of 30k on each need, covering 180k for an objective of
+    168,546. Taking the best score first (B 40k on N3, 50k on N2, then A 80k on N1) covers only
+    170k for 160,415, and no split covers all 190k.
     """
+    monkeypatch.setitem(app.config, "MATCH_WEIGHTS", {**dict.fromkeys(PARTS, 0), "region": 1, "ticket": 1})
     needs = [build_project(80 * THOUSAND, "Fibre backbone"), build_project(70 * THOUSAND, "Rural access"),
              build_project(40 * THOUSAND, "Training centre")]
     funder_a = build_funder("Africa Fund", 40 * THOUSAND, 80 * THOUSAND, 100 * THOUSAND, regions=("africa",))
@@ -124,14 +128,14 @@ def test_hand_case_run_finds_the_optimum(db, hand_case, coordinator):
     assert proposal(run) == HAND_OPTIMUM
     scores = {(row.funder.name, row.project.title): row.score for row in run.rows}
     assert scores == {
-        ("Africa Fund", "Fibre backbone"): 0.93, ("Africa Fund", "Rural access"): 0.93,
-        ("Kenya Fund", "Fibre backbone"): 0.9625, ("Kenya Fund", "Rural access"): 0.9786,
+        ("Africa Fund", "Fibre backbone"): 0.8945, ("Africa Fund", "Rural access"): 0.8945,
+        ("Kenya Fund", "Fibre backbone"): 0.9576, ("Kenya Fund", "Rural access"): 0.9771,
         ("Kenya Fund", "Training centre"): 1.0,
     }
     assert run.status == "proposed"
     assert run.method == "milp"
     assert run.solver_status == "optimal"
-    assert run.objective == pytest.approx(171_933.0, abs=0.01)
+    assert run.objective == pytest.approx(168_546.0, abs=0.01)
     assert run.proposed == {"EUR": 180 * THOUSAND}
     assert run.open_need == {"EUR": 190 * THOUSAND}
     assert run.objective_currency == "EUR"
@@ -144,9 +148,9 @@ def test_hand_case_lp_method_feasible(db, hand_case, coordinator, app, monkeypat
     monkeypatch.setitem(app.config, "ALLOCATION_METHOD", "lp")
     run = run_allocation(coordinator)
     assert run.method == "lp"
-    assert run.objective <= 171_933.0 + 0.01
+    assert run.objective <= 168_546.0 + 0.01
     # The LP relaxation (no minimum tickets) covers all 190k, so its bound is above the optimum.
-    assert run.bound >= 171_933.0
+    assert run.bound >= 168_546.0
     totals = defaultdict(int)
     for row in run.rows:
         low, high = (40, 80) if row.funder.name == "Africa Fund" else (30, 60)
@@ -170,10 +174,10 @@ def test_run_is_stored_with_its_rows(db, hand_case, coordinator):
     assert stored.seconds > 0
     assert stored.variables >= 6
     assert stored.constraints >= 5
-    assert stored.settings["weights"] == pytest.approx(DEFAULT_WEIGHTS)
+    assert stored.settings["weights"] == pytest.approx({**dict.fromkeys(PARTS, 0.0), "region": 0.5, "ticket": 0.5})
     row = stored.rows[0]
     assert row.explanation.endswith(".")
-    assert set(row.parts) == {"region", "theme", "ticket", "capacity", "time"}
+    assert set(row.parts) == set(PARTS)
     assert get_run(db.session.get(type(coordinator), coordinator_id)).id == run_id
 
 

@@ -1,5 +1,6 @@
 """Tests of matching: each scoring rule, the explanation, the stored suggestions, review and the pages."""
 
+import math
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -15,7 +16,7 @@ from financing.core.time import utcnow
 from financing.funders.models import Funder, FunderPreference
 from financing.funders.services import FunderInput, funder_for_user, update_funder
 from financing.matching.engine import (
-    DEFAULT_WEIGHTS, MatchSettings, explain, funder_profile, project_profile, run_matching, score_pair,
+    DEFAULT_MIN_SCORE, DEFAULT_WEIGHTS, PARTS, MatchSettings, explain, funder_profile, project_profile, run_matching, score_pair,
     short_range,
 )
 from financing.matching.models import Match
@@ -206,14 +207,15 @@ def test_ticket_inside_range(db, build_project, build_funder):
 def test_ticket_below_minimum(db, build_project, build_funder):
     project = build_project(needs=[{"goal_minor": EUR_MILLION // 10}])
     pair = score(project, build_funder(ticket_min=EUR_MILLION // 2, ticket_max=5 * EUR_MILLION))
-    assert pair.parts["ticket"] == pytest.approx(0.2)
+    # A factor of 5 below the minimum: halved for each factor of 10, on a log scale.
+    assert pair.parts["ticket"] == pytest.approx(0.5 ** math.log10(5))
     assert "100.0k EUR is below its minimum ticket of 500k EUR" in explain(pair)
 
 
 def test_ticket_above_maximum(db, build_project, build_funder):
     project = build_project(needs=[{"goal_minor": 20 * EUR_MILLION}])
     pair = score(project, build_funder(ticket_min=EUR_MILLION, ticket_max=5 * EUR_MILLION))
-    assert pair.parts["ticket"] == pytest.approx(0.25)
+    assert pair.parts["ticket"] == pytest.approx(0.5 ** math.log10(4))
     assert "20.0M EUR is above its maximum ticket of 5M EUR" in explain(pair)
 
 
@@ -323,13 +325,14 @@ def test_time_unknown_decision_neutral(db, build_project, build_funder):
 
 # Score and explanation
 
-def test_score_is_weighted_sum(db, build_project, build_funder):
+def test_score_is_weighted_geometric_mean(db, build_project, build_funder):
     pair = score(
         build_project(countries=["KE"], sectors=["22040"]),
         build_funder(regions=["africa"], themes=["broadband"], ticket_min=EUR_MILLION // 2, ticket_max=5 * EUR_MILLION),
     )
-    expected = sum(DEFAULT_WEIGHTS[name] * pair.parts[name] for name in DEFAULT_WEIGHTS)
-    assert pair.score == pytest.approx(expected, abs=1e-4)
+    total = sum(DEFAULT_WEIGHTS.values())
+    log_mean = sum(DEFAULT_WEIGHTS[name] * math.log(0.01 + pair.parts[name]) for name in DEFAULT_WEIGHTS) / total
+    assert pair.score == pytest.approx(math.exp(log_mean) - 0.01, abs=1e-4)
     assert 0.0 <= pair.score <= 1.0
 
 
@@ -386,7 +389,7 @@ def test_run_stores_one_match_per_pair(db, build_project, build_funder):
     stored = matches(db)
     assert [(m.project_id, m.funder_id) for m in stored] == [(project.id, funder.id)]
     assert stored[0].status == "suggested"
-    assert stored[0].weights == DEFAULT_WEIGHTS
+    assert stored[0].weights == MatchSettings.from_config({}).weights
     assert len(stored[0].inputs_digest) == 64
 
 
@@ -419,15 +422,15 @@ def test_database_rejects_duplicate_pair(db, build_project, build_funder):
 
 @pytest.fixture
 def weak_pair(build_project, build_funder):
-    """A pair that fits by region only, with a tiny ticket and no time to decide: it scores about 0.33."""
+    """A pair that fits by region only, far above the ticket and with no time to decide: it scores about 0.12."""
     tomorrow = utcnow().date() + timedelta(days=1)
     project = build_project(countries=["KE"], sectors=["11330"], needs=[{"goal_minor": 2 * EUR_MILLION, "deadline": tomorrow}])
-    funder = build_funder(regions=["africa"], themes=["broadcasting"], ticket_max=EUR_MILLION // 1000, decision_days=90)
+    funder = build_funder(regions=["africa"], themes=["broadcasting"], ticket_max=EUR_MILLION // 100_000, decision_days=90)
     return project, funder
 
 
 def test_low_scores_not_stored(db, weak_pair):
-    assert score(*weak_pair).score < 0.35
+    assert score(*weak_pair).score < DEFAULT_MIN_SCORE
     report = run_matching()
     assert report.created == 0
     assert count_matches(db) == 0
@@ -468,13 +471,13 @@ def test_keeps_best_per_project(db, build_project, build_funder, app, monkeypatc
 
 
 def test_weights_from_config(db, build_project, build_funder, app, monkeypatch):
-    monkeypatch.setitem(app.config, "MATCH_WEIGHTS", {"region": 1, "theme": 0, "ticket": 0, "capacity": 0, "time": 0})
+    monkeypatch.setitem(app.config, "MATCH_WEIGHTS", {**dict.fromkeys(PARTS, 0), "region": 1})
     build_project(countries=["KE"])
     build_funder(countries=["KE"], themes=["broadcasting"])
     run_matching()
     match = matches(db)[0]
     assert match.score == 1.0
-    assert match.weights == {"region": 1.0, "theme": 0.0, "ticket": 0.0, "capacity": 0.0, "time": 0.0}
+    assert match.weights == {**dict.fromkeys(PARTS, 0.0), "region": 1.0}
 
 
 @pytest.mark.parametrize("config, message", [

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+from datetime import date
 import sys
 from collections import defaultdict
 from decimal import Decimal
@@ -17,21 +18,32 @@ from financing.core.errors import NotFound
 from financing.funders.models import Funder, FunderPreference
 from financing.funders.services import FunderInput, funder_for_user, update_funder
 from financing.iati.importer import import_file
-from financing.matching.engine import NeedProfile, ProjectProfile
+from financing.matching.engine import (
+    DEFAULT_WEIGHTS,
+    PARTS,
+    NeedProfile,
+    ProjectProfile,
+    combine,
+    currency_fit,
+    experience_fit,
+    explain,
+    funder_profile,
+    region_fit,
+    score_pair,
+    theme_fit,
+    ticket_fit,
+)
 from financing.matching.profiles import (
-    DEFAULT_RANK_WEIGHTS,
     MAX_PER_KIND,
     MIN_WEIGHT,
     Funding,
     LearnedProfile,
     activity_weights,
     category_of,
+    funder_snapshot,
     learn,
     learn_profiles,
-    learned_profile,
     percentile_minor,
-    rank_parts,
-    rank_score,
     region_of,
     tag_shares,
     themes_of,
@@ -186,68 +198,84 @@ def test_learn_ticket_in_main_currency():
     assert learn([funding("a", None, None)]).currency is None
 
 
-# Ranking with learned weights
+# Scoring with learned weights
 
 
-def test_rank_parts_are_shares_of_money():
+def snapshot(profile: LearnedProfile):
+    return funder_snapshot(profile, currency="EUR")
+
+
+def test_learned_parts_are_shares_of_money():
     profile = learn([
         funding("a", 300, countries={"KE": None}, sectors={"22040": None},
                 themes={"broadband": None, "ict-applications": None, "public-access": None}),
         funding("b", 100, countries={"FR": None}, sectors={"12220": None}),
     ])
+    funder = snapshot(profile)
+    wanted = project(countries={"KE", "UG"}, sectors={"22040"})
 
-    parts = rank_parts(project(countries={"KE", "UG"}, sectors={"22040"}), need(200), profile)
-
-    assert parts["country"] == pytest.approx(0.75)
-    assert parts["region"] == pytest.approx(0.75)
-    assert parts["sector"] == pytest.approx(0.75)
-    assert parts["category"] == pytest.approx(0.75)
+    # Kenya got 75% of the money: the country rule (x 1.0) beats Africa's 75% (x 0.8).
+    assert region_fit(wanted, funder) == (pytest.approx(0.75), ("country", "KE", pytest.approx(0.75)))
     # The project's sector 22040 is under the three themes that share the funder's money.
-    assert parts["theme"] == pytest.approx(0.75)
-    assert parts["ticket"] == 1.0
-    assert parts["currency"] == 1.0
-    assert 0 < parts["experience"] < 1
+    value, reason = theme_fit(wanted, funder)
+    assert value == pytest.approx(0.75)
+    assert reason[0] == "sector_in_theme"
+    assert ticket_fit(need(200), funder)[0] == 1.0
+    assert currency_fit(need(200), funder)[0] == 1.0
+    assert 0 < experience_fit(funder)[0] < 1
 
 
-def test_rank_parts_ticket_and_currency():
-    profile = learn([funding("a", 1_000), funding("b", 2_000)])
+def test_learned_region_counts_country_and_region_shares():
+    profile = learn([funding(str(i), 100, countries={code: None}) for i, code in enumerate(["KE", "UG", "TZ", "RW", "SN"])])
+    funder = snapshot(profile)
+
+    # Kenya holds 20% of the money and the Africa region all of it: both count, and the
+    # explanation names the stronger rule, 0.8 x 1.0 for the region against 1.0 x 0.2.
+    value, reason = region_fit(project(countries={"KE"}), funder)
+    assert value == pytest.approx((0.2 + 0.8 * 1.0) / 1.8)
+    assert reason[:3] == ("country_in_region", "KE", "africa")
+
+
+def test_learned_ticket_and_currency():
+    funder = snapshot(learn([funding("a", 1_000), funding("b", 2_000)]))
 
     # 5 times the maximum ticket loses half per factor of 10; a tenth of the minimum loses half.
-    assert rank_parts(project(), need(10_000), profile)["ticket"] == pytest.approx(0.5 ** math.log10(5))
-    assert rank_parts(project(), need(100), profile)["ticket"] == pytest.approx(0.5)
-    assert rank_parts(project(), need(1_500), profile)["ticket"] == 1.0
-    assert rank_parts(project(), need(1_500, "USD"), profile)["ticket"] == 0.5
-    assert rank_parts(project(), need(1_500, "USD"), profile)["currency"] == 0.0
-    assert rank_parts(project(), None, profile)["currency"] == 0.5
+    assert ticket_fit(need(10_000), funder)[0] == pytest.approx(0.5 ** math.log10(5))
+    assert ticket_fit(need(100), funder)[0] == pytest.approx(0.5)
+    assert ticket_fit(need(1_500), funder)[0] == 1.0
+    assert ticket_fit(need(1_500, "USD"), funder)[0] == 0.5
+    assert currency_fit(need(1_500, "USD"), funder)[0] == 0.0
 
 
 def test_experience_grows_with_portfolio():
-    one = learn([funding("a", 100)])
-    many = learn([funding(str(i), 100) for i in range(600)])
-    by_hand = LearnedProfile.build(0, "EUR", (None, None), {"country": {"KE": 1.0}})
+    one = snapshot(learn([funding("a", 100)]))
+    many = snapshot(learn([funding(str(i), 100) for i in range(600)]))
+    by_hand = snapshot(LearnedProfile.build(0, "EUR", (None, None), {"country": {"KE": 1.0}}))
 
-    assert rank_parts(project(), None, one)["experience"] == pytest.approx(math.log(2) / math.log(501))
-    assert rank_parts(project(), None, many)["experience"] == 1.0
-    assert rank_parts(project(), None, by_hand)["experience"] == 0.5
-
-
-def test_rank_score_prefers_matching_funder():
-    kenya = learn([funding("a", 100, countries={"KE": None}, sectors={"22040": None})])
-    france = learn([funding("b", 100, countries={"FR": None}, sectors={"12220": None})])
-    wanted = project(countries={"KE"}, sectors={"22040"})
-
-    near = rank_score(rank_parts(wanted, need(100), kenya))
-    far = rank_score(rank_parts(wanted, need(100), france))
-
-    assert 0 <= far < near <= 1
+    assert experience_fit(one)[0] == pytest.approx(math.log(2) / math.log(501))
+    assert experience_fit(many)[0] == 1.0
+    assert experience_fit(by_hand)[0] == 0.5
+    assert currency_fit(need(100, "USD"), by_hand)[0] == 0.5
 
 
-def test_rank_score_ignores_zero_weight_parts():
-    parts = {name: 1.0 for name in DEFAULT_RANK_WEIGHTS}
+def test_score_prefers_matching_funder():
+    kenya = snapshot(learn([funding("a", 100, countries={"KE": None}, sectors={"22040": None})]))
+    france = snapshot(learn([funding("b", 100, countries={"FR": None}, sectors={"12220": None})]))
+    wanted = ProjectProfile(**{**project(countries={"KE"}, sectors={"22040"}).__dict__, "needs": (need(100),)})
 
-    assert rank_score(parts) == pytest.approx(1.0)
-    assert rank_score({**parts, "country": 0.0}, {"country": 0.0, "region": 1.0}) == pytest.approx(1.0)
-    assert rank_score({**parts, "country": 0.0}, {"country": 1.0, "region": 1.0}) < 0.2
+    near = score_pair(wanted, kenya, DEFAULT_WEIGHTS, date(2026, 1, 1))
+    far = score_pair(wanted, france, DEFAULT_WEIGHTS, date(2026, 1, 1))
+
+    assert 0 <= far.score < near.score <= 1
+    assert "its profile is learned from 1 IATI activity" in explain(near)
+
+
+def test_combine_ignores_zero_weight_parts():
+    parts = dict.fromkeys(PARTS, 1.0)
+
+    assert combine(parts, DEFAULT_WEIGHTS) == pytest.approx(1.0)
+    assert combine({**parts, "theme": 0.0}, {"theme": 0.0, "region": 1.0}) == pytest.approx(1.0)
+    assert combine({**parts, "theme": 0.0}, {"theme": 1.0, "region": 1.0}) < 0.2
 
 
 # learn_profiles on a real IATI file
@@ -391,17 +419,17 @@ def test_funder_without_pledges_cleared(db, indigo):
     assert indigo.learned_from == 0
 
 
-def test_learned_profile_from_stored_preferences(db, indigo):
+def test_engine_reads_stored_weights(db, indigo):
     learn_profiles()
     db.session.commit()
     indigo.preferences.append(FunderPreference(kind="country", code="SN", weight=None))
 
-    profile = learned_profile(indigo)
+    funder = funder_profile(indigo, 0, 2026)
 
-    assert profile.weights["country"]["SN"] == 1.0
-    assert profile.weights["country"]["GB"] == float(weights_of(indigo)[("country", "GB")])
-    assert (profile.ticket_min_minor, profile.currency) == (indigo.ticket_min_minor, "GBP")
-    assert profile.categories["220"] >= profile.weights["sector"]["22040"]
+    assert funder.weights["country"]["SN"] == 1.0
+    assert funder.weights["country"]["GB"] == float(weights_of(indigo)[("country", "GB")])
+    assert (funder.ticket_min_minor, funder.currency, funder.activities) == (indigo.ticket_min_minor, "GBP", 49)
+    assert funder.category_weights["220"] >= funder.weights["sector"]["22040"]
 
 
 # Pages
@@ -473,7 +501,7 @@ def tiny_features(truth, candidates, popularity, in_region):
     return benchmark.Features(
         candidates=np.array(candidates, dtype=bool), truth=np.array(truth, dtype=bool),
         popularity=np.array(popularity, dtype=float), in_region=np.array(in_region, dtype=bool),
-        parts=np.zeros((*shape, len(benchmark.RANK_PARTS))), learned=np.zeros(shape), engine_v1=np.zeros(shape),
+        parts=np.zeros((*shape, len(benchmark.TUNED_PARTS))), learned=np.zeros(shape),
     )
 
 
@@ -512,6 +540,6 @@ def test_benchmark_runs_on_one_file(capsys):
     summary = json.loads(lines[-1])
     assert code == 0
     assert summary["cases"] == 56
-    assert set(summary["results"]) == {"random", "popularity", "region filter + popularity", "v1 engine score", "learned ranking"}
-    assert 0 <= summary["results"]["learned ranking"]["micro_mrr"] <= 1
-    assert any(line.startswith("learned ranking") for line in lines)
+    assert set(summary["results"]) == {"random", "popularity", "region filter + popularity", "engine score"}
+    assert 0 <= summary["results"]["engine score"]["micro_mrr"] <= 1
+    assert any(line.startswith("engine score") for line in lines)

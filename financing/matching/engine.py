@@ -1,31 +1,46 @@
-"""Match scoring: rate each published project's open funding needs against every funder and store the best pair.
+"""Match scoring: rate each published project's open funding needs against every funder and store the best pairs.
 
 A run loads the projects, funders and existing matches in a few queries, scores every
-project-funder pair in Python, and upserts one Match per pair. The score is a weighted sum of
-five parts, each in [0, 1]:
+project-funder pair with NumPy (`financing.matching.vector`), rescores the best pairs of each
+project here to explain them, and upserts one Match per kept pair. A pair's score is the
+weighted geometric mean of seven parts, each in [0, 1]:
 
-- region: a preferred recipient country 1.0, a country inside a preferred ITU-D region 0.8,
-  a project region tag equal to a preferred region 0.6, no geographic preference 0.5,
-  elsewhere 0. Projects with neither countries nor regions (global programmes) score 0.6.
-- theme: 1.0 for a shared theme, a project DAC sector under a preferred theme, a preferred
-  sector, or a project theme that covers a preferred sector. A sector in the same DAC 3-digit
-  category as a preferred sector gets 0.5, nothing in common 0, and a funder without theme
-  or sector preferences 0.5.
-- ticket: 1.0 when the need's remaining amount is inside the funder's ticket range, else the
-  ratio of amount and nearest bound. It is 0.5 without a range or when the currencies differ.
-- capacity: the funder's yearly budget minus this year's confirmed pledges, against the amount
-  it would put in (the remaining amount, capped at its maximum ticket). It is 0.5 without a budget.
+- region, hierarchical for preferences set by hand: a preferred country gives 1.0, a
+  country inside a preferred ITU-D region 0.8, a region-wide project in a preferred region
+  0.6, elsewhere 0. For a learned profile, whose weights are shares of its money, the part is
+  (country share + 0.8 x region share) / 1.8, so that both the country and the region count.
+  Global projects (no country, no region) get 0.6; a funder without geographic preferences
+  gets the neutral 0.5, or 0 when its profile is learned.
+- theme: the share on the project's themes (its tags and the themes covering its DAC
+  sectors), on its sectors, or on the funder sectors that a project theme covers, times 1.0;
+  or the share on the project's DAC 3-digit categories times 0.5 (a neighbouring sector),
+  whichever is highest. 0.5 for a funder without theme or sector preferences (0 when its
+  profile is learned), 0 for a project with no tags.
+- ticket: 1.0 when the need's open amount is inside the funder's ticket range, halved for
+  each factor of 10 outside it. 0.5 without a range or in another currency.
+- capacity: the funder's budget for the year minus this year's confirmed pledges, against
+  what it would put in (the open amount capped at its maximum ticket). 0.5 without a budget.
 - time: 1.0 without a deadline or when the deadline leaves the funder its decision time,
-  else the share of that time left. It is 0.5 when the decision time is unknown.
+  else the share of that time left. 0.5 when the decision time is unknown.
+- currency: for a funder with a learned profile, 1.0 when the need is in its main currency,
+  0 when not. 0.5 for profiles made by hand. Its default weight is 0: on the IATI files the
+  grid search found that it adds nothing once the ticket part compares amounts.
+- experience: log(1 + activities) / log(501) for a learned profile, at most 1; 0.5 otherwise.
 
-A pair is only suggested when a funder preference matches the project's region or theme,
-because a funder that states nothing scores about 0.5 on neutral parts alone. The run
-flushes and never commits, so the caller commits.
+Learned preferences carry a weight from 0 to 1 (the share of the funder's committed money that
+went to the code, see `profiles`); preferences set by hand weigh 1. Each part is raised by
+FLOOR before the geometric mean, so a single 0 lowers the score a lot without wiping out the
+rest. Default weights and minimum score come from `benchmarks/matching_quality.py`
+(docs/benchmarks.md). A pair is only suggested when a funder preference matches the
+project's region or theme, because neutral parts alone would suggest every funder that
+states nothing. The run flushes and never commits, so the caller commits.
 """
 
+import functools
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,7 +48,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import selectinload
 
 from financing import reference
@@ -49,17 +64,29 @@ from financing.projects.models import FundingNeed, Project
 
 logger = logging.getLogger(__name__)
 
-PARTS = ("region", "theme", "ticket", "capacity", "time")
-DEFAULT_WEIGHTS = {"region": 0.35, "theme": 0.35, "ticket": 0.15, "capacity": 0.10, "time": 0.05}
-DEFAULT_MIN_SCORE = 0.35
+PARTS = ("region", "theme", "ticket", "capacity", "time", "currency", "experience")
+# Chosen by the grid search of benchmarks/matching_quality.py (docs/benchmarks.md). Capacity
+# and time are unknown in IATI data, so the search cannot weigh them; they get 1 each.
+DEFAULT_WEIGHTS = {"region": 1.0, "theme": 1.0, "ticket": 3.0, "capacity": 1.0, "time": 1.0,
+                   "currency": 0.0, "experience": 3.0}
+DEFAULT_MIN_SCORE = 0.2
 DEFAULT_MAX_PER_PROJECT = 20
 # Part value when the funder or the project gives nothing to compare.
 NEUTRAL = 0.5
 GLOBAL_REGION_FIT = 0.6
+COUNTRY_FIT, COUNTRY_IN_REGION_FIT, REGION_TAG_FIT = 1.0, 0.8, 0.6
 SAME_CATEGORY_FIT = 0.5
+# A learned region part is (country share + 0.8 x region share) / 1.8, so that both count.
+LEARNED_REGION_SCALE = COUNTRY_FIT + COUNTRY_IN_REGION_FIT
+# Added to every part before the geometric mean, so that a part of 0 counts as 0.01.
+FLOOR = 0.01
+# Portfolio size at which the experience part reaches 1.
+EXPERIENCE_FULL = 500
 REVIEWED = ("accepted", "rejected")
 # Digits kept for scores, parts and weights, so that a rerun with the same inputs stores the same numbers.
 PRECISION = 4
+# Preference kinds of a funder profile.
+KINDS = ("country", "region", "sector", "theme")
 
 
 @dataclass(frozen=True)
@@ -165,6 +192,38 @@ class FunderProfile:
     # Confirmed pledges of the current calendar year, in minor units of `currency`.
     used_minor: int
     year: int
+    # Kind -> code -> weight from 0 to 1. Codes of the sets above missing here weigh 1, as set by hand.
+    weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # Activities the profile was learned from; 0 for a profile made by hand.
+    activities: int = 0
+    # False when no learned amount showed the funder's main currency.
+    currency_known: bool = True
+    # Derived: DAC category -> sum of its sector weights; theme -> {covered sector: weight}.
+    category_weights: dict[str, float] = field(init=False, repr=False, compare=False)
+    cover_weights: dict[str, dict[str, float]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        given = self.weights or {}
+        codes = {"country": self.countries, "region": self.regions, "sector": self.sectors, "theme": self.themes}
+        weights = {kind: {code: float(given.get(kind, {}).get(code, 1.0)) for code in codes[kind]} for kind in KINDS}
+        category_weights: dict[str, float] = {}
+        cover_weights: dict[str, dict[str, float]] = {}
+        for code, weight in weights["sector"].items():
+            category = _category_of(code)
+            category_weights[category] = category_weights.get(category, 0.0) + weight
+            for theme in _themes_of(code):
+                cover_weights.setdefault(theme, {})[code] = weight
+        if not self.categories:
+            object.__setattr__(self, "categories", {})
+            for code in sorted(self.sectors):
+                self.categories.setdefault(_category_of(code), code)
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "category_weights", category_weights)
+        object.__setattr__(self, "cover_weights", cover_weights)
+
+    @property
+    def learned(self) -> bool:
+        return self.activities > 0
 
 
 @dataclass
@@ -182,58 +241,103 @@ class PairScore:
 
 # Part rules. Each returns (value in [0, 1], reason tuple for the explanation).
 
+def _share(weights: Mapping[str, float], codes) -> float:
+    return min(sum(weights.get(code, 0.0) for code in codes), 1.0)
+
+
+def _heaviest(weights: Mapping[str, float], codes) -> str:
+    """Return the code with the largest weight, the smallest code on a tie."""
+    return min(codes, key=lambda code: (-weights.get(code, 0.0), code))
+
+
+def _best(options: list[tuple[float, tuple]]) -> tuple[float, tuple] | None:
+    """Return the option with the highest value, the earliest on a tie, or None when none is positive."""
+    best = None
+    for value, reason in options:
+        if value > 0 and (best is None or value > best[0]):
+            best = (value, reason)
+    return best
+
+
 def region_fit(project: ProjectProfile, funder: FunderProfile) -> tuple[float, tuple]:
     if not project.countries and not project.regions:
         return GLOBAL_REGION_FIT, ("global",)
     if not funder.countries and not funder.regions:
-        return NEUTRAL, ("no_preference",)
+        # A learned profile without places means its money went nowhere in particular.
+        return (0.0 if funder.learned else NEUTRAL), ("no_preference",)
+    countries, regions = funder.weights["country"], funder.weights["region"]
+    options = []
     shared = project.countries & funder.countries
     if shared:
-        return 1.0, ("country", min(shared))
-    for country, region in project.country_regions:
-        if region in funder.regions:
-            return 0.8, ("country_in_region", country, region)
+        share = _share(countries, shared)
+        options.append((COUNTRY_FIT * share, ("country", _heaviest(countries, shared), share)))
+    via_country = {region for _, region in project.country_regions if region in funder.regions}
+    if via_country:
+        share = _share(regions, via_country)
+        region = _heaviest(regions, via_country)
+        country = next(code for code, slug in project.country_regions if slug == region)
+        options.append((COUNTRY_IN_REGION_FIT * share, ("country_in_region", country, region, share)))
     shared = project.regions & funder.regions
     if shared:
-        return 0.6, ("region", min(shared))
-    return 0.0, ("elsewhere",)
+        share = _share(regions, shared)
+        options.append((REGION_TAG_FIT * share, ("region", _heaviest(regions, shared), share)))
+    best = _best(options) or (0.0, ("elsewhere",))
+    if not funder.learned:
+        return best
+    # Learned weights are evidence: the country share and the region share both count.
+    places = (project.regions | {region for _, region in project.country_regions}) & funder.regions
+    value = (_share(countries, project.countries & funder.countries)
+             + COUNTRY_IN_REGION_FIT * _share(regions, places)) / LEARNED_REGION_SCALE
+    return value, best[1]
 
 
 def theme_fit(project: ProjectProfile, funder: FunderProfile) -> tuple[float, tuple]:
     if not funder.themes and not funder.sectors:
-        return NEUTRAL, ("no_preference",)
+        return (0.0 if funder.learned else NEUTRAL), ("no_preference",)
     if not project.themes and not project.sectors:
         return 0.0, ("untagged",)
-    shared = project.themes & funder.themes
+    themes, sectors = funder.weights["theme"], funder.weights["sector"]
+    options = []
+    sector_themes = {theme: sector for sector, covering in reversed(project.sector_themes) for theme in covering}
+    shared = (project.themes | set(sector_themes)) & funder.themes
     if shared:
-        return 1.0, ("theme", min(shared))
-    for sector, themes in project.sector_themes:
-        for theme in themes:
-            if theme in funder.themes:
-                return 1.0, ("sector_in_theme", sector, theme)
+        share = _share(themes, shared)
+        theme = _heaviest(themes, shared)
+        reason = ("theme", theme, share) if theme in project.themes else ("sector_in_theme", sector_themes[theme], theme, share)
+        options.append((share, reason))
     shared = project.sectors & funder.sectors
     if shared:
-        return 1.0, ("sector", min(shared))
-    for theme in sorted(project.themes):
-        if theme in funder.sector_themes:
-            return 1.0, ("theme_covers_sector", theme, funder.sector_themes[theme])
-    for sector, category in project.sector_categories:
-        if category in funder.categories:
-            return SAME_CATEGORY_FIT, ("category", sector, category, funder.categories[category])
-    return 0.0, ("none",)
+        share = _share(sectors, shared)
+        options.append((share, ("sector", _heaviest(sectors, shared), share)))
+    # Each project theme counts the funder sectors it covers, as the vectorised scorer does.
+    covering = sorted(theme for theme in project.themes if theme in funder.cover_weights)
+    if covering:
+        share = min(sum(sum(funder.cover_weights[theme].values()) for theme in covering), 1.0)
+        theme, sector = min(((theme, code) for theme in covering for code in funder.cover_weights[theme]),
+                            key=lambda item: (-funder.cover_weights[item[0]][item[1]], item[1], item[0]))
+        options.append((share, ("theme_covers_sector", theme, sector, share)))
+    categories = {category: sector for sector, category in reversed(project.sector_categories)
+                  if category in funder.category_weights}
+    if categories:
+        share = _share(funder.category_weights, categories)
+        category = _heaviest(funder.category_weights, categories)
+        options.append((SAME_CATEGORY_FIT * share,
+                        ("category", categories[category], category, funder.categories[category], share)))
+    return _best(options) or (0.0, ("none",))
 
 
 def ticket_fit(need: NeedProfile, funder: FunderProfile) -> tuple[float, tuple]:
+    """Give 1 inside the ticket range and halve it for each factor of 10 outside."""
     low, high = funder.ticket_min_minor, funder.ticket_max_minor
     if low is None and high is None:
         return NEUTRAL, ("no_range",)
     if need.currency != funder.currency:
         return NEUTRAL, ("currency",)
-    amount = need.remaining_minor
+    amount = max(need.remaining_minor, 1)
     if low is not None and amount < low:
-        return amount / low, ("below",)
+        return 0.5 ** math.log10(low / amount), ("below",)
     if high is not None and amount > high:
-        return high / amount, ("above",)
+        return 0.5 ** math.log10(amount / max(high, 1)), ("above",)
     return 1.0, ("inside",)
 
 
@@ -262,7 +366,25 @@ def time_fit(need: NeedProfile, funder: FunderProfile, today: date) -> tuple[flo
     days_left = (need.deadline - today).days
     if days_left >= funder.decision_days:
         return 1.0, ("enough", days_left)
+    if funder.decision_days <= 0:
+        return 0.0, ("short", days_left)
     return max(days_left, 0) / funder.decision_days, ("short", days_left)
+
+
+def currency_fit(need: NeedProfile, funder: FunderProfile) -> tuple[float, tuple]:
+    """Prefer needs in the main currency of a learned funder; neutral for profiles made by hand."""
+    if not funder.learned or not funder.currency_known:
+        return NEUTRAL, ("not_learned",)
+    if need.currency == funder.currency:
+        return 1.0, ("same",)
+    return 0.0, ("other",)
+
+
+def experience_fit(funder: FunderProfile) -> tuple[float, tuple]:
+    """Grow from 0.11 for one learned activity to 1 for EXPERIENCE_FULL or more, on a log scale."""
+    if not funder.learned:
+        return NEUTRAL, ("not_learned",)
+    return min(math.log1p(funder.activities) / math.log1p(EXPERIENCE_FULL), 1.0), ("learned", funder.activities)
 
 
 # Reasons that come from a stated preference of the funder matching the project.
@@ -273,36 +395,39 @@ THEME_EVIDENCE = ("theme", "sector_in_theme", "sector", "theme_covers_sector", "
 def has_evidence(pair: PairScore) -> bool:
     """Tell whether a funder preference matches the project's region or theme.
 
-    Neutral parts alone add up to about 0.5, above the usual minimum score, so without this
-    check every funder without preferences would be suggested for every project.
+    Neutral parts alone give a middling score, so without this check every funder without
+    preferences would be suggested for every project.
     """
     return pair.reasons["region"][0] in REGION_EVIDENCE or pair.reasons["theme"][0] in THEME_EVIDENCE
 
 
+def combine(parts: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """Return the weighted geometric mean of the floored parts, less the floor, in [0, 1]."""
+    total = sum(weights.get(name, 0.0) for name in PARTS)
+    log_mean = sum(weights.get(name, 0.0) * math.log(FLOOR + parts[name]) for name in PARTS) / total
+    return min(max(math.exp(log_mean) - FLOOR, 0.0), 1.0)
+
+
 def score_pair(project: ProjectProfile, funder: FunderProfile, weights: dict[str, float], today: date) -> PairScore:
     """Score every need of the project for the funder and return the best, the earlier need on a tie."""
-    region, region_reason = region_fit(project, funder)
-    theme, theme_reason = theme_fit(project, funder)
-    base = weights["region"] * region + weights["theme"] * theme
+    region = region_fit(project, funder)
+    theme = theme_fit(project, funder)
+    experience = experience_fit(funder)
 
     best: tuple[float, NeedProfile, dict, dict] | None = None
     for need in project.needs:
-        ticket, ticket_reason = ticket_fit(need, funder)
-        capacity, capacity_reason = capacity_fit(need, funder)
-        timing, time_reason = time_fit(need, funder, today)
-        total = base + weights["ticket"] * ticket + weights["capacity"] * capacity + weights["time"] * timing
+        found = {
+            "region": region, "theme": theme, "ticket": ticket_fit(need, funder),
+            "capacity": capacity_fit(need, funder), "time": time_fit(need, funder, today),
+            "currency": currency_fit(need, funder), "experience": experience,
+        }
+        parts = {name: value for name, (value, _) in found.items()}
+        total = combine(parts, weights)
         if best is None or total > best[0]:
-            parts = {"ticket": ticket, "capacity": capacity, "time": timing}
-            reasons = {"ticket": ticket_reason, "capacity": capacity_reason, "time": time_reason}
-            best = (total, need, parts, reasons)
+            best = (total, need, parts, {name: reason for name, (_, reason) in found.items()})
 
     total, need, parts, reasons = best
-    return PairScore(
-        project, funder, need,
-        score=min(max(round(total, PRECISION), 0.0), 1.0),
-        parts={"region": region, "theme": theme, **parts},
-        reasons={"region": region_reason, "theme": theme_reason, **reasons},
-    )
+    return PairScore(project, funder, need, score=round(total, PRECISION), parts=parts, reasons=reasons)
 
 
 # Explanation: one plain sentence built from the reasons of the parts.
@@ -367,14 +492,22 @@ def short_range(low_minor: int, high_minor: int, currency: str) -> str:
     return f"{_figure(low, low_scale)} to {_figure(high, scale)}"
 
 
+def _share_note(reason: tuple) -> str:
+    """Say how much of a learned funder's money went to the matched codes, when it is not all."""
+    share = reason[-1]
+    if not isinstance(share, float) or share >= 1:
+        return ""
+    return f" ({max(round(share * 100), 1)}% of its funding)"
+
+
 def _region_clause(project: ProjectProfile, reason: tuple) -> str:
     kind = reason[0]
     if kind == "country":
-        return f"{_country_name(reason[1])} is one of the funder's preferred countries"
+        return f"{_country_name(reason[1])} is one of the funder's preferred countries{_share_note(reason)}"
     if kind == "country_in_region":
-        return f"{_country_name(reason[1])} is in {_region_name(reason[2])}, which the funder prefers"
+        return f"{_country_name(reason[1])} is in {_region_name(reason[2])}, which the funder prefers{_share_note(reason)}"
     if kind == "region":
-        return f"the project covers {_region_name(reason[1])}, which the funder prefers"
+        return f"the project covers {_region_name(reason[1])}, which the funder prefers{_share_note(reason)}"
     if kind == "global":
         return "the project is global, so every region counts"
     if kind == "no_preference":
@@ -387,16 +520,17 @@ def _region_clause(project: ProjectProfile, reason: tuple) -> str:
 
 def _theme_clause(reason: tuple) -> str:
     kind = reason[0]
+    note = _share_note(reason)
     if kind == "theme":
-        return f"{_theme_label(reason[1])} is one of the funder's themes"
+        return f"{_theme_label(reason[1])} is one of the funder's themes{note}"
     if kind == "sector_in_theme":
-        return f"{_theme_label(reason[2])} ({reason[1]}) is one of the funder's themes"
+        return f"{_theme_label(reason[2])} ({reason[1]}) is one of the funder's themes{note}"
     if kind == "sector":
-        return f"DAC sector {reason[1]} is one of the funder's sectors"
+        return f"DAC sector {reason[1]} is one of the funder's sectors{note}"
     if kind == "theme_covers_sector":
-        return f"{_theme_label(reason[1])} covers the funder's sector {reason[2]}"
+        return f"{_theme_label(reason[1])} covers the funder's sector {reason[2]}{note}"
     if kind == "category":
-        return f"DAC sector {reason[1]} is in the same category ({reason[2]}) as the funder's sector {reason[3]}"
+        return f"DAC sector {reason[1]} is in the same category ({reason[2]}) as the funder's sector {reason[3]}{note}"
     if kind == "no_preference":
         return "the funder states no theme preference"
     if kind == "untagged":
@@ -448,6 +582,16 @@ def _time_clause(need: NeedProfile, funder: FunderProfile, reason: tuple) -> str
             f"less than its {funder.decision_days}-day decision time")
 
 
+def _learned_clause(need: NeedProfile, funder: FunderProfile, reason: tuple) -> str | None:
+    if not funder.learned:
+        return None
+    activities = "activity" if funder.activities == 1 else "activities"
+    clause = f"its profile is learned from {funder.activities} IATI {activities}"
+    if reason[0] == "other":
+        clause += f", mostly in {funder.currency}, while the need is in {need.currency}"
+    return clause
+
+
 def explain(pair: PairScore) -> str:
     """Write the one-sentence explanation of a pair's score, leaving out neutral budget and time parts."""
     clauses = [
@@ -456,6 +600,7 @@ def explain(pair: PairScore) -> str:
         _ticket_clause(pair.need, pair.funder, pair.reasons["ticket"]),
         _capacity_clause(pair.need, pair.funder, pair.reasons["capacity"]),
         _time_clause(pair.need, pair.funder, pair.reasons["time"]),
+        _learned_clause(pair.need, pair.funder, pair.reasons["currency"]),
     ]
     text = "; ".join(clause for clause in clauses if clause)
     return text[0].upper() + text[1:] + "."
@@ -481,6 +626,7 @@ def inputs_digest(project: ProjectProfile, need: NeedProfile, funder: FunderProf
             "ticket_max": funder.ticket_max_minor, "budget": funder.annual_budget_minor,
             "decision_days": funder.decision_days, "countries": sorted(funder.countries),
             "regions": sorted(funder.regions), "themes": sorted(funder.themes), "sectors": sorted(funder.sectors),
+            "weights": {kind: sorted(funder.weights[kind].items()) for kind in KINDS}, "activities": funder.activities,
         },
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -495,6 +641,7 @@ def _region_of(country: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _themes_of(sector: str) -> tuple[str, ...]:
     try:
         return tuple(reference.themes_of_sector(sector))
@@ -502,6 +649,7 @@ def _themes_of(sector: str) -> tuple[str, ...]:
         return ()
 
 
+@functools.lru_cache(maxsize=4096)
 def _category_of(sector: str) -> str:
     try:
         return reference.sector(sector).category
@@ -558,7 +706,17 @@ def funder_profile(funder: Funder, used_minor: int, year: int) -> FunderProfile:
         sector_themes=sector_themes,
         used_minor=used_minor,
         year=year,
+        weights=preference_weights(funder),
+        activities=funder.learned_from or 0,
     )
+
+
+def preference_weights(funder: Funder) -> dict[str, dict[str, float]]:
+    """Read a funder's preference weights by kind; a preference set by hand (weight None) weighs 1."""
+    weights: dict[str, dict[str, float]] = {kind: {} for kind in KINDS}
+    for preference in funder.preferences:
+        weights[preference.kind][preference.code] = 1.0 if preference.weight is None else float(preference.weight)
+    return weights
 
 
 def budget_used(now: datetime, funder_id: int | None = None) -> dict[tuple[int, str], int]:
@@ -692,6 +850,30 @@ class _Run:
         self.report.removed += 1
 
 
+# Extra candidates taken from the vectorised scores, so that float32 rounding near a tie cannot
+# push one of a project's true best funders out before score_pair rescores them.
+CANDIDATE_MARGIN = 5
+# PostgreSQL advisory lock keys: one for the whole match table, one class for single projects.
+LOCK_ALL = (7301, 0)
+LOCK_PROJECT_CLASS = 7302
+
+
+def _lock(project_id: int | None) -> None:
+    """Serialise runs that could write the same pairs, until the transaction ends (PostgreSQL only).
+
+    A project run holds the table lock shared and its project's lock alone, so runs for
+    different projects go on side by side. A full or funder run holds the table lock alone.
+    SQLite lets one writer at a time anyway.
+    """
+    if db.session.get_bind().dialect.name != "postgresql":
+        return
+    if project_id is None:
+        db.session.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": LOCK_ALL[0], "b": LOCK_ALL[1]})
+        return
+    db.session.execute(text("SELECT pg_advisory_xact_lock_shared(:a, :b)"), {"a": LOCK_ALL[0], "b": LOCK_ALL[1]})
+    db.session.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": LOCK_PROJECT_CLASS, "b": project_id})
+
+
 def run_matching(project_id: int | None = None, funder_id: int | None = None) -> MatchRunReport:
     """Recompute the match suggestions of one project, one funder, or all, and flush without committing.
 
@@ -699,43 +881,55 @@ def run_matching(project_id: int | None = None, funder_id: int | None = None) ->
     that were never reviewed are dropped below MATCH_MIN_SCORE, when no funder preference
     matches the project's region or theme, and beyond the MATCH_MAX_PER_PROJECT best of
     each project. Accepted and rejected matches are kept, and turn stale when their inputs
-    changed. Raises NotFound for an unknown project or funder id and ValueError for invalid
-    MATCH_* settings.
-
-    NOTE: two runs at the same time can both insert the same new pair. The later flush or
-    commit then fails on the unique constraint, and that run has to be repeated.
+    changed. On PostgreSQL, runs that could write the same pairs wait for each other (see
+    `_lock`), so two runs at once never insert one pair twice. Raises NotFound for an unknown
+    project or funder id and ValueError for invalid MATCH_* settings.
     """
     started = time.perf_counter()
     settings = MatchSettings.from_config()
     now = utcnow()
     today = now.date()
     logger.info("match run started project=%s funder=%s", project_id, funder_id)
+    _lock(project_id if funder_id is None else None)
     if project_id is not None and db.session.get(Project, project_id) is None:
         raise NotFound(f"Project {project_id} not found.")
     if funder_id is not None and db.session.get(Funder, funder_id) is None:
         raise NotFound(f"Funder {funder_id} not found.")
 
+    from financing.matching import vector
+
     projects = _load_projects(project_id, now)
     funders = _load_funders(funder_id, now)
+    funder_by_id = {funder.id: funder for funder in funders}
     existing = _load_matches(project_id)
     run = _Run(settings)
     run.report.projects, run.report.funders = len(projects), len(funders)
+    top = vector.top_funders(projects, funders, settings.weights, today, settings.min_score,
+                             settings.max_per_project + CANDIDATE_MARGIN)
 
     in_scope = {funder.id for funder in funders} if funder_id is not None else None
     by_project: dict[int, list[Match]] = {}
     for (match_project_id, match_funder_id), match in existing.items():
-        if in_scope is not None and match_funder_id not in in_scope:
-            by_project.setdefault(match_project_id, []).append(match)
+        by_project.setdefault(match_project_id, []).append(match)
 
     for project in projects:
         candidates = [
             # Suggestions of funders outside this run compete for the slots with their stored scores.
             _Candidate(match.score, match.funder_id, match)
-            for match in by_project.get(project.id, ()) if match.status == "suggested"
+            for match in by_project.get(project.id, ())
+            if in_scope is not None and match.funder_id not in in_scope and match.status == "suggested"
         ]
-        for funder in funders:
+        scored = {funders[index].id for index, _ in top.get(project.id, ())}
+        # Stored matches of funders in this run that the scores did not pick are rescored too.
+        scored |= {match.funder_id for match in by_project.get(project.id, ())
+                   if in_scope is None or match.funder_id in in_scope}
+        for funder_id_ in sorted(scored):
+            funder = funder_by_id.get(funder_id_)
+            match = existing.pop((project.id, funder_id_), None)
+            if funder is None:
+                # A matched funder that no longer exists: cascade deletes handle it.
+                continue
             pair = score_pair(project, funder, settings.weights, today)
-            match = existing.pop((project.id, funder.id), None)
             if match is not None and match.status != "suggested":
                 run.keep_reviewed(match, pair)
             elif pair.score >= settings.min_score and has_evidence(pair):

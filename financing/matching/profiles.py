@@ -24,15 +24,13 @@ funders that have an IATI reference. A preference with weight None was entered b
 funder with at least one hand-set preference has taken its profile over, so learning leaves
 its preferences, ticket range and learned_from alone and only counts it in the report.
 
-The second half of the module ranks funders for a project with the learned weights
-(`rank_parts`, `rank_score`). The matching quality benchmark uses these functions, and the
-engine can use them through `learned_profile` and `rank_parts` (see docs/benchmarks.md).
+The engine scores pairs with the stored weights (`engine.funder_profile`); `funder_snapshot`
+gives the quality benchmark the same snapshot for a profile learned in memory.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,8 +49,7 @@ from financing.pledges.models import RELEASED_STATES, Pledge
 from financing.projects.models import FundingNeed, Project
 
 if TYPE_CHECKING:
-    # Only for annotations, so that the engine can import this module.
-    from financing.matching.engine import NeedProfile, ProjectProfile
+    from financing.matching.engine import FunderProfile
 
 logger = logging.getLogger(__name__)
 
@@ -398,98 +395,20 @@ def learned_profile(funder: Funder) -> LearnedProfile:
     return LearnedProfile.build(funder.learned_from, funder.currency, ticket, weights)
 
 
-# Ranking funders for a project with the learned weights.
+def funder_snapshot(profile: LearnedProfile, funder_id: int = 0, currency: str = "EUR") -> FunderProfile:
+    """Turn a learned profile into the engine's funder snapshot, for scoring without a database.
 
-RANK_PARTS = ("country", "region", "sector", "category", "theme", "ticket", "currency", "experience")
-# Chosen by the grid search of benchmarks/matching_quality.py on the IATI files in
-# data/iati-activities, except theme: the grid gave it 0 because only 96 of those 1,276
-# activities have an ICT theme, and theme 1 costs 0.003 of MRR there (docs/benchmarks.md).
-DEFAULT_RANK_WEIGHTS = {
-    "country": 1.0, "region": 1.0, "sector": 1.0, "category": 0.0, "theme": 1.0,
-    "ticket": 3.0, "currency": 1.0, "experience": 3.0,
-}
-# Portfolio size at which the experience part reaches 1. Below it, the part grows with the logarithm.
-EXPERIENCE_FULL = 500
-NEUTRAL = 0.5
-# Added to every part before the geometric mean, so that a part of 0 counts as 0.01.
-RANK_FLOOR = 0.01
-
-
-def _share(weights: Mapping[str, float], codes: Iterable[str]) -> float:
-    return min(sum(weights.get(code, 0.0) for code in codes), 1.0)
-
-
-def ticket_part(need: NeedProfile | None, profile: LearnedProfile) -> float:
-    """Compare the need's remaining amount with the learned range on a log scale.
-
-    Inside the range gives 1. Each factor of 10 outside it costs half, so a need 10 times
-    the maximum ticket gives 0.5. Without a need, a range or the same currency the part is
-    neutral (0.5).
+    Budget and decision time are unknown, so the engine treats those parts as neutral.
     """
-    low, high = profile.ticket_min_minor, profile.ticket_max_minor
-    if need is None or low is None or high is None or need.currency != profile.currency:
-        return NEUTRAL
-    amount = need.remaining_minor
-    if low <= amount <= high:
-        return 1.0
-    ratio = low / amount if amount < low else amount / high
-    return 0.5 ** math.log10(ratio)
+    from financing.matching.engine import FunderProfile
 
-
-def currency_part(need: NeedProfile | None, profile: LearnedProfile) -> float:
-    """Give 1 when the need is in the funder's main currency, 0 when not, 0.5 when either is unknown."""
-    if need is None or profile.currency is None:
-        return NEUTRAL
-    return 1.0 if need.currency == profile.currency else 0.0
-
-
-def experience_part(profile: LearnedProfile) -> float:
-    """Grow from 0.11 for one learned activity to 1 for EXPERIENCE_FULL or more, on a log scale.
-
-    A profile learned from no activity, such as one made by hand, gets the neutral 0.5, so
-    that it does not rank below every funder learned from IATI.
-    """
-    if profile.activities == 0:
-        return NEUTRAL
-    return min(math.log1p(profile.activities) / math.log1p(EXPERIENCE_FULL), 1.0)
-
-
-def project_regions(project: ProjectProfile) -> set[str]:
-    """Return the project's region tags and the regions of its countries."""
-    return set(project.regions) | {region for _, region in project.country_regions}
-
-
-def project_themes(project: ProjectProfile) -> set[str]:
-    """Return the project's theme tags and the themes that cover its sectors."""
-    return set(project.themes) | {theme for _, themes in project.sector_themes for theme in themes}
-
-
-def rank_parts(project: ProjectProfile, need: NeedProfile | None, profile: LearnedProfile) -> dict[str, float]:
-    """Score each part of a project-funder pair from 0 to 1 with the funder's learned weights.
-
-    The geographic and thematic parts are the share of the funder's committed money that went
-    to the project's countries, regions, sectors, DAC categories and themes.
-    """
     weights = profile.weights
-    return {
-        "country": _share(weights["country"], project.countries),
-        "region": _share(weights["region"], project_regions(project)),
-        "sector": _share(weights["sector"], project.sectors),
-        "category": _share(profile.categories, {category for _, category in project.sector_categories}),
-        "theme": _share(weights["theme"], project_themes(project)),
-        "ticket": ticket_part(need, profile),
-        "currency": currency_part(need, profile),
-        "experience": experience_part(profile),
-    }
-
-
-def rank_score(parts: Mapping[str, float], weights: Mapping[str, float] = DEFAULT_RANK_WEIGHTS) -> float:
-    """Combine the parts into one score from 0 to 1: their weighted geometric mean.
-
-    Each part is raised by RANK_FLOOR first, so that one part of 0 lowers the score a lot
-    without wiping out the others, and the floor is taken off the result again. Parts with
-    weight 0 or no weight do not count.
-    """
-    total = sum(weights.get(name, 0.0) for name in RANK_PARTS)
-    log_mean = sum(weights.get(name, 0.0) * math.log(RANK_FLOOR + parts[name]) for name in RANK_PARTS) / total
-    return min(max(math.exp(log_mean) - RANK_FLOOR, 0.0), 1.0)
+    return FunderProfile(
+        id=funder_id, currency=profile.currency or currency,
+        ticket_min_minor=profile.ticket_min_minor, ticket_max_minor=profile.ticket_max_minor,
+        annual_budget_minor=None, decision_days=None,
+        countries=frozenset(weights["country"]), regions=frozenset(weights["region"]),
+        themes=frozenset(weights["theme"]), sectors=frozenset(weights["sector"]),
+        categories={}, sector_themes={}, used_minor=0, year=0,
+        weights=weights, activities=profile.activities, currency_known=profile.currency is not None,
+    )
