@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app wsgi
 
-.PHONY: run test install install-dev clean
+.PHONY: run test install install-dev clean production
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: install
 	$(FLASK) match learn
 	$(FLASK) match run
 	$(FLASK) run --host 127.0.0.1 --port 5000
+
+# Run gunicorn and RQ workers on the local PostgreSQL and Redis, as docs/deployment.md describes.
+production: install
+	scripts/production
 
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

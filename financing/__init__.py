@@ -6,7 +6,8 @@ from pathlib import Path
 
 from flask import Flask
 
-from financing.config import DEFAULT_SECRET_KEY, Config, ProductionConfig
+from financing.config import Config, ProductionConfig
+from financing.core.security import check_production, init_security
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,8 +24,8 @@ def create_app(config: type[Config] | None = None, **overrides) -> Flask:
     )
     app.config.from_object(config)
     app.config.update(overrides)
-    _check_production(app)
     _configure_logging(app)
+    check_production(app)
     Path(app.instance_path).mkdir(exist_ok=True)
 
     from financing.extensions import babel, csrf, db, login_manager, migrate
@@ -43,14 +44,10 @@ def create_app(config: type[Config] | None = None, **overrides) -> Flask:
     from financing.cli import register_commands
 
     register_web(app)
+    init_security(app)
     register_commands(app)
     app.logger.info("app created database=%s", app.config["SQLALCHEMY_DATABASE_URI"].split(":", 1)[0])
     return app
-
-
-def _check_production(app: Flask) -> None:
-    if app.config.get("PRODUCTION") and app.config["SECRET_KEY"] == DEFAULT_SECRET_KEY:
-        raise RuntimeError("SECRET_KEY is the development default; set a random SECRET_KEY for production.")
 
 
 def _configure_logging(app: Flask) -> None:

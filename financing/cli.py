@@ -99,6 +99,36 @@ def iati_import(paths):
         raise click.ClickException("Some files were not imported; see the messages above.")
 
 
+@iati.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.option(
+    "--schema-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder with iati-activities-schema.xsd, iati-common.xsd and xml.xsd; the written file is validated against it.",
+)
+def iati_export(file, schema_dir):
+    """Write the published and funded projects as IATI 2.03 activity XML to FILE."""
+    from lxml import etree
+
+    from financing.exports.iati import load_schema, schema_errors, write_export
+
+    try:
+        count = write_export(file)
+    except OSError as error:
+        raise click.ClickException(f"Cannot write {file}: {error.strerror or error}.") from error
+    click.echo(f"Wrote {count} activities to {file}.")
+    if schema_dir is not None:
+        try:
+            schema = load_schema(schema_dir)
+        except (OSError, etree.LxmlError) as error:
+            raise click.ClickException(f"Cannot load the IATI schema from {schema_dir}: {error}") from error
+        errors = schema_errors(schema, file)
+        for error in errors[:20]:
+            click.echo(f"{file}: {error}", err=True)
+        if errors:
+            raise click.ClickException(f"{file} does not validate against the IATI schema: {len(errors)} errors.")
+        click.echo(f"{file} validates against the IATI schema in {schema_dir}.")
+
+
 @match.command("run")
 @click.option("--project", "project_id", type=int, help="Recompute only this project's suggestions.")
 @click.option("--funder", "funder_id", type=int, help="Recompute only this funder's suggestions.")

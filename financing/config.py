@@ -1,6 +1,7 @@
 """Configuration read from environment variables, with safe embedded defaults."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
@@ -12,6 +13,11 @@ def _flag(name: str, default: bool = False) -> bool:
     if value is None:
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _rate_limit_storage() -> str:
+    """Return the Flask-Limiter storage URI: RATELIMIT_STORAGE_URI, else REDIS_URL, else memory."""
+    return os.environ.get("RATELIMIT_STORAGE_URI") or os.environ.get("REDIS_URL") or "memory://"
 
 
 class Config:
@@ -29,13 +35,62 @@ class Config:
     STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
     STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
     MAIL_URL = os.environ.get("MAIL_URL", "")
+    MAIL_FROM = os.environ.get("MAIL_FROM", "ICT Financing Platform <noreply@localhost>")
+    # Scheme and host put before the links in emails, such as https://financing.example.org.
+    SITE_URL = os.environ.get("SITE_URL", "")
     BABEL_DEFAULT_LOCALE = "en"
     BABEL_DEFAULT_TIMEZONE = "UTC"
     LANGUAGES = ["en"]
+    # Security settings, applied by financing.core.security (headers, rate limits, proxy).
+    # Every form needs a CSRF token, and the API checks tokens itself (financing.api.auth).
+    WTF_CSRF_ENABLED = True
     WTF_CSRF_TIME_LIMIT = None
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     SESSION_COOKIE_SECURE = _flag("SESSION_COOKIE_SECURE")
+    # Flask rejects a session cookie signed longer ago than this, even a browser-session one,
+    # so a copied cookie stops working at the latest this long after it was last set.
+    PERMANENT_SESSION_LIFETIME = timedelta(hours=int(os.environ.get("SESSION_LIFETIME_HOURS", "12")))
+    # Flask-Login "basic": a session used from another IP address or browser is marked not
+    # fresh. "strong" would log the user out instead, which also happens to mobile users
+    # whose address changes; set SESSION_PROTECTION=strong to prefer that.
+    SESSION_PROTECTION = os.environ.get("SESSION_PROTECTION", "basic")
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    REMEMBER_COOKIE_SECURE = SESSION_COOKIE_SECURE
+    REMEMBER_COOKIE_DURATION = timedelta(days=14)
+    PREFERRED_URL_SCHEME = os.environ.get("PREFERRED_URL_SCHEME", "http")
+    # Number of reverse proxies in front of the app whose X-Forwarded-For and
+    # X-Forwarded-Proto headers are trusted. Unset or 0 trusts none.
+    PROXY_HOPS = os.environ.get("PROXY_HOPS")
+    # Content-Security-Policy directives. Pages have no inline scripts or style attributes.
+    CONTENT_SECURITY_POLICY = {
+        "default-src": "'self'",
+        "script-src": "'self'",
+        "style-src": "'self'",
+        "img-src": "'self' data:",
+        "frame-ancestors": "'none'",
+        "form-action": "'self'",
+        "base-uri": "'none'",
+    }
+    # Origins that a form may be sent or redirected to besides this site. The app responds to
+    # a card pledge form with a redirect to Stripe Checkout, and browsers apply form-action to it.
+    CSP_FORM_ACTION_ORIGINS = os.environ.get("CSP_FORM_ACTION_ORIGINS", "https://checkout.stripe.com").split()
+    # Strict-Transport-Security header value. An empty value sends no header, because
+    # plain-HTTP development hosts must not be pinned to HTTPS.
+    STRICT_TRANSPORT_SECURITY = os.environ.get("STRICT_TRANSPORT_SECURITY", "")
+    # Flask-Limiter: limits per client IP address (per account for token creation), kept in
+    # Redis when REDIS_URL is set so that every gunicorn worker and host shares the counts.
+    RATELIMIT_ENABLED = _flag("RATELIMIT_ENABLED", True)
+    RATELIMIT_STORAGE_URI = _rate_limit_storage()
+    RATELIMIT_KEY_PREFIX = "financing"
+    RATELIMIT_HEADERS_ENABLED = True
+    # When Redis is down, count in process memory instead of failing the request.
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+    RATELIMIT_SWALLOW_ERRORS = True
+    RATELIMIT_LOGIN = os.environ.get("RATELIMIT_LOGIN", "10 per minute;60 per hour")
+    RATELIMIT_REGISTER = os.environ.get("RATELIMIT_REGISTER", "10 per hour")
+    RATELIMIT_TOKEN = os.environ.get("RATELIMIT_TOKEN", "20 per hour")
     # Matching: weights of the score parts (merged over engine.DEFAULT_WEIGHTS, which the
     # quality benchmark chose), the lowest score kept as a suggestion, and the number of
     # suggestions kept per project.
@@ -51,6 +106,15 @@ class Config:
     ALLOCATION_MILP_MAX_INDICATORS = 10_000
     # Largest IATI file accepted by `iati import`, in bytes.
     IATI_MAX_FILE_BYTES = int(os.environ.get("IATI_MAX_FILE_BYTES", str(200 * 1024 * 1024)))
+    # The reporting-org of the IATI export: this platform's IATI organisation identifier, name
+    # and OrganisationType code. "XX" is no registered identifier prefix, so a platform that
+    # publishes its export sets its own identifier. The importer skips activities reported
+    # under this identifier, because this database is their source.
+    IATI_REPORTING_ORG_REF = os.environ.get("IATI_REPORTING_ORG_REF", "XX-FINANCING-PLATFORM")
+    IATI_REPORTING_ORG_NAME = os.environ.get("IATI_REPORTING_ORG_NAME", "ICT Financing Platform")
+    IATI_REPORTING_ORG_TYPE = os.environ.get("IATI_REPORTING_ORG_TYPE", "90")
+    # ISO 4217 code the dashboards convert amounts into unless the request selects another.
+    REPORTING_CURRENCY = os.environ.get("REPORTING_CURRENCY", "EUR")
     PER_PAGE = 20
     MAX_PER_PAGE = 100
     # Largest amount accepted anywhere, in major units of any currency.
@@ -62,7 +126,12 @@ class ProductionConfig(Config):
     """Settings for gunicorn on PostgreSQL with Redis."""
 
     PRODUCTION = True
-    SESSION_COOKIE_SECURE = True
+    # create_app raises ConfigurationError when any of these is switched off.
+    # financing.core.security.production_problems lists every check.
+    SESSION_COOKIE_SECURE = _flag("SESSION_COOKIE_SECURE", True)
+    REMEMBER_COOKIE_SECURE = SESSION_COOKIE_SECURE
+    PREFERRED_URL_SCHEME = os.environ.get("PREFERRED_URL_SCHEME", "https")
+    STRICT_TRANSPORT_SECURITY = os.environ.get("STRICT_TRANSPORT_SECURITY", "max-age=31536000")
 
 
 class TestConfig(Config):
@@ -77,6 +146,9 @@ class TestConfig(Config):
     SECRET_KEY = "test-secret-key"
     SQLALCHEMY_DATABASE_URI = os.environ.get("TEST_DATABASE_URL", "sqlite://")
     JOBS_INLINE = True
+    # Tests of the limits themselves build an app with RATELIMIT_ENABLED=True.
+    RATELIMIT_ENABLED = False
+    RATELIMIT_STORAGE_URI = "memory://"
     STRIPE_SECRET_KEY = ""
     STRIPE_WEBHOOK_SECRET = ""
     MAIL_URL = ""

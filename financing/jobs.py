@@ -21,6 +21,7 @@ QUEUE_NAME = "financing"
 JOBS = {
     "match.project": "financing.matching.engine:recompute_for_project",
     "match.funder": "financing.matching.engine:recompute_for_funder",
+    "notifications.deliver": "financing.notifications.delivery:deliver_due",
 }
 _PENDING = "financing_pending_jobs"
 

@@ -3,15 +3,15 @@
 import logging
 from importlib import import_module
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, g, jsonify, render_template, request
 from flask_babel import format_date
 from flask_login import AnonymousUserMixin
-from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from werkzeug.exceptions import HTTPException, InternalServerError, TooManyRequests
 
 from financing import reference
 from financing.core.errors import DomainError
+from financing.core.health import health_report
 from financing.core.http import error_body, wants_json
 from financing.core.markdown import render_markdown
 from financing.extensions import db, login_manager
@@ -23,7 +23,10 @@ logger = logging.getLogger(__name__)
 BLUEPRINTS = (
     "financing.reporting.views",
     "financing.accounts.views",
+    # Before projects, so that its /review page wins over the older project list at that path.
+    "financing.review.views",
     "financing.projects.views",
+    "financing.projects.import_views",
     "financing.funders.views",
     "financing.pledges.views",
     "financing.pledges.match_fund_views",
@@ -31,6 +34,8 @@ BLUEPRINTS = (
     "financing.matching.views",
     "financing.matching.allocation_views",
     "financing.rates.views",
+    "financing.audit.views",
+    "financing.notifications.views",
     "financing.api",
 )
 
@@ -54,19 +59,21 @@ def register_web(app: Flask) -> None:
         run_ready_jobs()
         return response
 
+    @app.teardown_request
+    def roll_back_failed_request(error):
+        # A request that raised commits nothing, even when the app context outlives it.
+        if error is not None:
+            _roll_back()
+
     @app.get("/healthz")
     def healthz():
-        try:
-            db.session.execute(text("SELECT 1"))
-        except OperationalError as error:
-            logger.error("health check failed: database unavailable: %s", error.__class__.__name__)
-            return jsonify(status="unavailable", database="down"), 503
-        return jsonify(status="ok", database="up")
+        report, healthy = health_report(app.config.get("REDIS_URL", ""))
+        return jsonify(report), 200 if healthy else 503
 
 
 def _register_login(app: Flask) -> None:
     from financing.accounts.models import User
-    from financing.accounts.services import user_for_token
+    from financing.accounts.services import find_token, token_scopes
 
     login_manager.login_view = "accounts.login"
     login_manager.anonymous_user = Anonymous
@@ -78,10 +85,22 @@ def _register_login(app: Flask) -> None:
 
     @login_manager.request_loader
     def load_user_from_token(req):
+        """Log a page request in by its Bearer token when the token's scopes allow the method.
+
+        Pages need the read scope for GET and HEAD, and manage for anything else. The API
+        checks tokens itself (financing.api.auth), with finer scopes per operation.
+        """
         header = req.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            return user_for_token(header.removeprefix("Bearer ").strip())
-        return None
+        if not header.startswith("Bearer ") or req.path.startswith("/api/"):
+            return None
+        row = find_token(header.removeprefix("Bearer ").strip())
+        if row is None:
+            return None
+        needed = "read" if req.method in ("GET", "HEAD", "OPTIONS") else "manage"
+        if needed not in token_scopes(row):
+            logger.info("page request with token id=%s rejected: scope %s missing", row.id, needed)
+            return None
+        return row.user
 
     @login_manager.unauthorized_handler
     def unauthorized():
@@ -106,14 +125,41 @@ def _register_errors(app: Flask) -> None:
             return jsonify(error_body(code, error.description or error.name)), error.code
         return render_template("error.html", status=error.code, message=error.description), error.code
 
+    @app.errorhandler(TooManyRequests)
+    def rate_limited(error: TooManyRequests):
+        logger.warning("rate limit reached path=%s limit=%s", request.path, getattr(error, "limit", None))
+        message = error.description or "Too many requests. Try again later."
+        if wants_json() or request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json":
+            return jsonify(error_body("rate_limited", message)), 429
+        return render_template("error.html", status=429, message=message), 429
+
+    @app.errorhandler(InternalServerError)
+    def server_error(error: InternalServerError):
+        _roll_back()
+        logger.error("request failed path=%s: %r", request.path, error.original_exception)
+        message = "Something went wrong on our side and nothing was saved. Try again, or report the problem if it persists."
+        if wants_json():
+            return jsonify(error_body("internal_error", message)), 500
+        return render_template("error.html", status=500, message=message), 500
+
     @app.errorhandler(OperationalError)
     def database_down(error: OperationalError):
-        db.session.rollback()
+        _roll_back()
         logger.error("database error on %s: %s", request.path, error.__class__.__name__)
         message = "The database is unavailable. Try again in a minute."
         if wants_json():
             return jsonify(error_body("unavailable", message)), 503
+        # The page must not query the database again: an anonymous viewer needs no user row
+        # and sees none of the navigation counts. Flask-Login caches the user in g._login_user.
+        g._login_user = login_manager.anonymous_user()
         return render_template("error.html", status=503, message=message), 503
+
+
+def _roll_back() -> None:
+    try:
+        db.session.rollback()
+    except SQLAlchemyError as error:
+        logger.warning("rollback failed: %s", error.__class__.__name__)
 
 
 def _register_template_helpers(app: Flask) -> None:

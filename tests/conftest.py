@@ -1,12 +1,14 @@
 """Test fixtures: one app per session, a clean database per test, users by role."""
 
 import os
+from functools import cached_property
 
 import pytest
 from flask import g
 from sqlalchemy import text
 
 from financing import create_app
+from financing.accounts.services import create_token
 from financing.config import TestConfig
 from financing.extensions import db as _db
 
@@ -87,3 +89,45 @@ def login(client):
         return test_client
 
     return do_login
+
+
+@pytest.fixture
+def people(make_user):
+    """Two owners of different organisations, two donors and a coordinator, each created on first use."""
+
+    class People:
+        @cached_property
+        def owner(self):
+            return make_user("owner", organisation="Ministry of ICT, Kenya")
+
+        @cached_property
+        def other_owner(self):
+            return make_user("owner", organisation="Regulator of Ghana")
+
+        @cached_property
+        def donor(self):
+            return make_user("donor", organisation="European Commission")
+
+        @cached_property
+        def other_donor(self):
+            return make_user("donor", organisation="World Bank")
+
+        @cached_property
+        def coordinator(self):
+            return make_user("coordinator", organisation=None)
+
+    return People()
+
+
+@pytest.fixture
+def auth(db):
+    """Return the Authorization header of a user, creating one API token per user."""
+    tokens: dict[int, str] = {}
+
+    def headers(user) -> dict[str, str]:
+        if user.id not in tokens:
+            _, tokens[user.id] = create_token(user, name="tests")
+            db.session.commit()
+        return {"Authorization": f"Bearer {tokens[user.id]}"}
+
+    return headers

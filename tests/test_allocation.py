@@ -20,6 +20,7 @@ from financing.funders.models import Funder, FunderPreference
 from financing.matching.allocation import (
     AllocationSettings, accept_rows, build_problem, get_run, run_allocation, run_totals, solve,
 )
+from financing.audit.models import AuditEntry
 from financing.matching.allocation_models import AllocationRow, AllocationRun
 from financing.matching.engine import DEFAULT_WEIGHTS, PARTS, FunderProfile, NeedProfile, ProjectProfile, run_matching
 from financing.matching.models import Match
@@ -417,6 +418,20 @@ def test_accept_rows_creates_accepted_matches(db, hand_case, coordinator):
     assert sorted(row.id for row in accepted) == sorted(chosen)
     assert all(row.match_id is not None and row.accepted_by_id == coordinator.id for row in accepted)
     assert db.session.get(AllocationRun, run.id).status == "accepted"
+
+
+def test_accepted_rows_are_audited(db, hand_case, coordinator):
+    run = run_allocation(coordinator)
+    db.session.commit()
+
+    accept_rows(coordinator, run.id, [row.id for row in run.rows])
+    db.session.commit()
+
+    entries = db.session.scalars(select(AuditEntry).where(AuditEntry.object_type == "match")).all()
+    matches = db.session.scalars(select(Match)).all()
+    assert sorted(entry.object_id for entry in entries) == sorted(match.id for match in matches)
+    assert {entry.action for entry in entries} == {"accept"}
+    assert {entry.actor_id for entry in entries} == {coordinator.id}
 
 
 def test_accept_rows_is_idempotent(db, hand_case, coordinator):

@@ -2,7 +2,6 @@
 
 import json
 import re
-from functools import cached_property
 
 import flask
 import pytest
@@ -10,7 +9,6 @@ from flask_wtf.csrf import generate_csrf
 from sqlalchemy import func, select
 
 from financing.accounts.models import ApiToken
-from financing.accounts.services import create_token
 from financing.core.time import utcnow
 from financing.funders.services import FunderInput, funder_for_user, update_funder
 from financing.matching.models import Match
@@ -22,49 +20,7 @@ from financing.projects.services import NeedInput, ProjectInput, create_project,
 KEY = "5f0c2b8e-6a1d-4f3e-9b7c-2d4e6f8a0b1c"
 
 
-# Fixtures and helpers
-
-
-@pytest.fixture
-def people(make_user):
-    """Two owners of different organisations, two donors and a coordinator, each created on first use."""
-
-    class People:
-        @cached_property
-        def owner(self):
-            return make_user("owner", organisation="Ministry of ICT, Kenya")
-
-        @cached_property
-        def other_owner(self):
-            return make_user("owner", organisation="Regulator of Ghana")
-
-        @cached_property
-        def donor(self):
-            return make_user("donor", organisation="European Commission")
-
-        @cached_property
-        def other_donor(self):
-            return make_user("donor", organisation="World Bank")
-
-        @cached_property
-        def coordinator(self):
-            return make_user("coordinator", organisation=None)
-
-    return People()
-
-
-@pytest.fixture
-def auth(db):
-    """Return the Authorization header of a user, creating one API token per user."""
-    tokens: dict[int, str] = {}
-
-    def headers(user) -> dict[str, str]:
-        if user.id not in tokens:
-            _, tokens[user.id] = create_token(user, name="tests")
-            db.session.commit()
-        return {"Authorization": f"Bearer {tokens[user.id]}"}
-
-    return headers
+# Fixtures and helpers (people and auth come from conftest.py)
 
 
 def send(client, method, url, body=None, headers=None, raw=None):

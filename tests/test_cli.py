@@ -38,7 +38,7 @@ def test_users_create_rejects_bad_input(app, db):
     assert bad_email.exit_code != 0
     assert "not-an-email" in bad_email.output
     assert short_password.exit_code != 0
-    assert "at least 10 characters" in short_password.output
+    assert "at least 12 characters" in short_password.output
     assert db.session.scalar(select(func.count()).select_from(User)) == 0
 
 

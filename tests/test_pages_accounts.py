@@ -285,7 +285,7 @@ def test_token_create_use_and_revoke(app, client, make_user, login, db):
     user = make_user("donor", organisation=None, email="funder@example.org")
     login(user)
 
-    response = client.post("/account/tokens", data={"name": "reporting script"})
+    response = client.post("/account/tokens", data={"name": "reporting script", "scopes": ["read"]})
     assert response.status_code == 201
     assert response.headers["Cache-Control"] == "no-store"
     match = TOKEN_PATTERN.search(response.text)
@@ -326,7 +326,7 @@ def test_token_revoke_other_users_token(client, make_user, login, db):
     owner = make_user("owner")
     donor = make_user("donor", organisation=None)
     login(donor)
-    client.post("/account/tokens", data={"name": "mine"})
+    client.post("/account/tokens", data={"name": "mine", "scopes": ["read"]})
     token_id = db.session.scalar(select(ApiToken.id))
     login(owner)
 
@@ -339,7 +339,7 @@ def test_token_revoke_other_users_token(client, make_user, login, db):
 
 def test_account_requires_login(client, db):
     assert client.get("/account").status_code == 302
-    assert client.post("/account/tokens", data={"name": "x"}).status_code == 302
+    assert client.post("/account/tokens", data={"name": "x", "scopes": ["read"]}).status_code == 302
 
 
 # CSRF ------------------------------------------------------------------------------------

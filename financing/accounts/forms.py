@@ -7,7 +7,12 @@ from wtforms import EmailField, HiddenField, PasswordField, RadioField, StringFi
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import EqualTo, InputRequired, Length, ValidationError
 
-from financing.accounts.services import MIN_PASSWORD_LENGTH, SELF_SERVICE_ROLES
+from financing.accounts.passwords import is_common_password
+from financing.accounts.services import (
+    MAX_EMAIL_LENGTH, MAX_NAME_LENGTH, MAX_ORGANISATION_LENGTH, MAX_TOKEN_NAME_LENGTH, MIN_PASSWORD_LENGTH,
+    SELF_SERVICE_ROLES, TOKEN_SCOPES,
+)
+from financing.projects.forms import CheckboxListField
 
 ROLE_LABELS = {
     "owner": _l("Project owner: I publish projects that need funding"),
@@ -16,14 +21,20 @@ ROLE_LABELS = {
 
 
 class LoginForm(FlaskForm):
-    email = EmailField(_l("Email"), validators=[InputRequired(_l("Email is required.")), Length(max=254)])
+    email = EmailField(_l("Email"), validators=[InputRequired(_l("Email is required.")), Length(max=MAX_EMAIL_LENGTH)])
     password = PasswordField(_l("Password"), validators=[InputRequired(_l("Password is required."))])
     next = HiddenField()
 
 
 class RegisterForm(FlaskForm):
-    email = EmailField(_l("Email"), validators=[InputRequired(_l("Email is required.")), Length(max=254)])
-    name = StringField(_l("Your name"), validators=[InputRequired(_l("Name is required.")), Length(max=200)])
+    email = EmailField(
+        _l("Email"),
+        validators=[InputRequired(_l("Email is required.")), Length(max=MAX_EMAIL_LENGTH, message=_l("Use at most %(max)d characters; this has %(length)d."))],
+    )
+    name = StringField(
+        _l("Your name"),
+        validators=[InputRequired(_l("Name is required.")), Length(max=MAX_NAME_LENGTH, message=_l("Use at most %(max)d characters; this has %(length)d."))],
+    )
     password = PasswordField(
         _l("Password"),
         validators=[
@@ -42,7 +53,13 @@ class RegisterForm(FlaskForm):
         validate_choice=False,
         validators=[InputRequired(_l("Choose a role."))],
     )
-    organisation = StringField(_l("Organisation"), validators=[Length(max=300)])
+    organisation = StringField(
+        _l("Organisation"), validators=[Length(max=MAX_ORGANISATION_LENGTH, message=_l("Use at most %(max)d characters; this has %(length)d."))],
+    )
+
+    def validate_password(self, field):
+        if field.data and is_common_password(field.data):
+            raise ValidationError(_l("This password is on a list of commonly used passwords. Choose one that others are unlikely to use."))
 
     def validate_role(self, field):
         if field.data not in SELF_SERVICE_ROLES:
@@ -56,9 +73,31 @@ class RegisterForm(FlaskForm):
             raise ValidationError(_l("Project owners must name their organisation."))
 
 
+SCOPE_LABELS = {
+    "read": _l("Read: see projects, pledges, matches and other data (GET requests)"),
+    "pledge": _l("Pledge: make pledges and cancel your own"),
+    "manage": _l("Manage: every other change, such as editing projects or confirming pledges"),
+}
+
+
 class TokenForm(FlaskForm):
     name = StringField(
         _l("Token name"),
-        validators=[InputRequired(_l("Give the token a name, such as the script that will use it.")), Length(max=100)],
+        validators=[InputRequired(_l("Give the token a name, such as the script that will use it.")), Length(max=MAX_TOKEN_NAME_LENGTH)],
     )
+    # Choices are checked by validate_scopes, so that the message can name the rejected value.
+    scopes = CheckboxListField(
+        _l("Scopes"),
+        choices=[SelectChoice(scope, SCOPE_LABELS[scope]) for scope in TOKEN_SCOPES],
+        default=["read"],
+        validate_choice=False,
+    )
+
+    def validate_scopes(self, field):
+        if not field.data:
+            raise ValidationError(_("Choose at least one scope."))
+        for value in field.data:
+            if value not in TOKEN_SCOPES:
+                # gettext, not lazy_gettext: a lazy string is inserted into pages unescaped.
+                raise ValidationError(_("Unknown scope %(value)r: choose read, pledge or manage.", value=value))
 

@@ -1,59 +1,28 @@
 """Pages for logging in and out, registering, and the account page with API tokens."""
 
 import logging
-from urllib.parse import unquote, urlsplit
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from financing.accounts.forms import LoginForm, RegisterForm, TokenForm
+from financing.accounts.forms import SCOPE_LABELS, LoginForm, RegisterForm, TokenForm
 from financing.accounts.models import ApiToken, Organisation
-from financing.accounts.services import authenticate, create_token, create_user
+from financing.accounts.services import authenticate, create_token, create_user, list_tokens, revoke_token
 from financing.core.errors import Conflict, ValidationFailed
-from financing.core.time import utcnow
+from financing.core.security import is_safe_redirect_path
 from financing.extensions import db
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("accounts", __name__)
 
-# Enough rounds to undo any realistic multiple percent-encoding of a redirect target.
-_MAX_UNQUOTE_ROUNDS = 5
-
 
 def is_safe_next(target: str | None) -> bool:
-    """Return True when target is a path on this site, such as "/projects?page=2".
-
-    Rejected: empty values, anything with a scheme or host, and protocol-relative "//host".
-    Backslashes are rejected because browsers read "/\\host" as "//host". Control characters
-    are rejected because browsers drop tabs and newlines inside URLs, and raw spaces too.
-    The same checks apply after each round of percent-decoding, so encoding hides none of
-    them. An encoded space ("%20") is fine.
-    """
-    if not target:
-        return False
-    decoded = target
-    for round_number in range(_MAX_UNQUOTE_ROUNDS):
-        if not _is_plain_local_path(decoded, allow_space=round_number > 0):
-            return False
-        undone = unquote(decoded)
-        if undone == decoded:
-            return True
-        decoded = undone
-    # A real link is never percent-encoded that many times over.
-    return False
-
-
-def _is_plain_local_path(value: str, allow_space: bool) -> bool:
-    if not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return False
-    if any(ord(char) < 32 or ord(char) == 127 or (char.isspace() and not allow_space) for char in value):
-        return False
-    parts = urlsplit(value)
-    return not parts.scheme and not parts.netloc
+    """Return True when target is a path on this site; see is_safe_redirect_path."""
+    return is_safe_redirect_path(target)
 
 
 def _next_or_home(target: str | None) -> str:
@@ -66,8 +35,10 @@ def _next_or_home(target: str | None) -> str:
 
 def _start_session(user) -> None:
     # A fresh session on every login, so that a session value planted before the login
-    # (session fixation) does not survive it.
+    # (session fixation) does not survive it. The CSRF token goes with it, and Flask-WTF's
+    # copy in g too, so pages after the login get a new one.
     session.clear()
+    g.pop("csrf_token", None)
     login_user(user)
 
 
@@ -98,6 +69,10 @@ def logout():
     user_id = current_user.id
     logout_user()
     session.clear()
+    g.pop("csrf_token", None)
+    # NOTE: sessions are signed cookies and the server keeps no list of them to revoke. So a
+    # copy of the cookie taken before this logout stays valid until PERMANENT_SESSION_LIFETIME
+    # after it was issued.
     if user_id is not None:
         logger.info("logout user=%s", user_id)
     flash(_("You are logged out."), "success")
@@ -167,17 +142,14 @@ def _show_errors(form, error) -> None:
         form.form_errors.append(error.message)
 
 
-def _tokens_of(user) -> list[ApiToken]:
-    query = select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
-    return list(db.session.scalars(query))
-
-
-def _render_account(token_form: TokenForm, new_token: str | None = None, status: int = 200):
+def _render_account(token_form: TokenForm, new_token: str | None = None, new_row: ApiToken | None = None, status: int = 200):
     response = render_template(
         "accounts/account.html",
         token_form=token_form,
-        tokens=_tokens_of(current_user),
+        tokens=list_tokens(current_user),
         new_token=new_token,
+        new_row=new_row,
+        scope_labels=SCOPE_LABELS,
     )
     return response, status, {"Cache-Control": "no-store"}
 
@@ -194,22 +166,23 @@ def create_api_token():
     form = TokenForm()
     if not form.validate_on_submit():
         return _render_account(form, status=422)
-    row, token = create_token(current_user, name=form.name.data.strip())
+    try:
+        row, token = create_token(current_user, name=form.name.data, scopes=form.scopes.data)
+    except ValidationFailed as error:
+        db.session.rollback()
+        logger.info("api token rejected user=%s fields=%s", current_user.id, ",".join(sorted(error.fields)))
+        _show_errors(form, error)
+        return _render_account(form, status=422)
     db.session.commit()
     # The token text is shown in this response only; it is stored as a hash.
     flash(_("Token %(name)r created. Copy it now: it will not be shown again.", name=row.name), "success")
-    return _render_account(TokenForm(formdata=None), new_token=token, status=201)
+    return _render_account(TokenForm(formdata=None), new_token=token, new_row=row, status=201)
 
 
 @bp.post("/account/tokens/<int:token_id>/revoke")
 @login_required
 def revoke_api_token(token_id: int):
-    row = db.session.get(ApiToken, token_id)
-    if row is None or row.user_id != current_user.id:
-        abort(404, _("Token %(id)s not found among your tokens.", id=token_id))
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        db.session.commit()
-        logger.info("api token revoked id=%s user=%s", row.id, current_user.id)
+    row = revoke_token(current_user, token_id)
+    db.session.commit()
     flash(_("Token %(name)r is revoked.", name=row.name), "success")
     return redirect(url_for("accounts.account"))

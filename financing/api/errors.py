@@ -2,7 +2,8 @@
 
 Domain errors raised by services (422, 403, 404, 409) and HTTP errors are already turned into
 {"error": {"code", "message", "fields"}} by financing.web; this module adds marshmallow's
-ValidationError (422), malformed bodies (400), missing credentials (401) and CSRF failures.
+ValidationError (422), malformed bodies (400), missing credentials (401), tokens without the
+needed scope (403) and CSRF failures.
 """
 
 import logging
@@ -14,7 +15,7 @@ from werkzeug.exceptions import Unauthorized
 
 from financing.api import bp
 from financing.api.schemas import READ_ONLY_FIELDS
-from financing.core.errors import DomainError
+from financing.core.errors import DomainError, Forbidden
 from financing.core.http import error_body
 from financing.extensions import db
 
@@ -28,6 +29,20 @@ class MalformedBody(DomainError):
 
     status = 400
     code = "malformed_json"
+
+
+class ScopeMissing(Forbidden):
+    """The request's API token lacks the scope that the operation needs."""
+
+    code = "insufficient_scope"
+
+    def __init__(self, scope: str):
+        super().__init__(
+            f"The API token lacks the {scope!r} scope that this request needs. "
+            f"Create a token with the {scope!r} scope on your account page.",
+            {"Authorization": f"Scope {scope!r} is missing."},
+        )
+        self.scope = scope
 
 
 class NotAuthenticated(Unauthorized):
@@ -82,6 +97,13 @@ def unauthorized(error: Unauthorized):
     if getattr(error, "invalid_token", False):
         challenge += ', error="invalid_token"'
     return jsonify(error_body("unauthorized", error.description)), 401, {"WWW-Authenticate": challenge}
+
+
+@bp.errorhandler(ScopeMissing)
+def scope_missing(error: ScopeMissing):
+    db.session.rollback()
+    challenge = f'{BEARER_REALM}, error="insufficient_scope", scope="{error.scope}"'
+    return jsonify(error_body(error.code, error.message, error.fields)), 403, {"WWW-Authenticate": challenge}
 
 
 @bp.errorhandler(CSRFError)

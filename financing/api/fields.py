@@ -41,6 +41,23 @@ def amount_input(value: Any) -> str | Decimal:
     return value
 
 
+def number_text(value: Any, label: str) -> Any:
+    """Write a JSON number as plain decimal text, such as a rate or a factor; other values pass unchanged.
+
+    Raise ValidationError for a number whose exponent would write out more than
+    _PLAIN_DIGITS_LIMIT digits, such as 1e999999.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite() or abs(value.adjusted()) > _PLAIN_DIGITS_LIMIT:
+            raise ValidationError(f"{label} {value} is out of range: write plain digits, such as 1.5.")
+        return format(value, "f")
+    return value
+
+
 def parse_money(value: Any, currency: Any, field: str | None = None) -> Money:
     """Check a currency and an amount of it, or raise ValidationError.
 
@@ -89,6 +106,23 @@ class Amount(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         return amount_input(value)
+
+
+class PlainNumber(fields.Field):
+    """A decimal given as a string or a JSON number, loaded as text for the service that parses it.
+
+    `label` names the value in errors. The service checks the digits; this field only turns
+    JSON numbers into plain text and rejects other JSON types.
+    """
+
+    def __init__(self, label: str, **kwargs):
+        super().__init__(**kwargs)
+        self.label = label
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+            raise ValidationError(f"{self.label} {value!r} is not a decimal string or a number.")
+        return number_text(value, self.label)
 
 
 class MoneyField(fields.Field):

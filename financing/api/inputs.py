@@ -8,6 +8,7 @@ from marshmallow import Schema
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from financing.api.errors import MalformedBody
+from financing.core.errors import ValidationFailed
 
 # Largest request body read, in bytes; a project with its needs and description fits easily.
 MAX_BODY_BYTES = 1024 * 1024
@@ -37,7 +38,47 @@ def json_body(allow_empty: bool = False) -> dict:
     if not isinstance(data, dict):
         found = _JSON_TYPES.get(type(data), "value")
         raise MalformedBody(f"The request body must be a JSON object, not a JSON {found}.")
+    check_text(data)
     return data
+
+
+def text_problem(value: str) -> str | None:
+    """Return why a string cannot be stored as text, or None when it can.
+
+    PostgreSQL text cannot hold the NUL character, and UTF-8 cannot encode a lone surrogate
+    such as the JSON escape "\\ud800".
+    """
+    if "\x00" in value:
+        return "contains the NUL character (\\u0000), which text fields cannot store"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone UTF-16 surrogate, which is not a character"
+    return None
+
+
+def check_text(data) -> None:
+    """Raise ValidationFailed naming the first key or string of a JSON document that cannot be stored.
+
+    The walk uses a stack instead of recursion, because json.loads accepts documents nested
+    almost as deep as Python's recursion limit.
+    """
+    stack: list[tuple[str, object]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem:
+                name = path or "body"
+                raise ValidationFailed(f"Field {name} {problem}.", {name: f"The value {problem}."})
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                problem = text_problem(key)
+                if problem:
+                    raise ValidationFailed(f"A field name {problem}.", {path or "body": f"A field name {problem}."})
+                stack.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{index}" if path else str(index), item) for index, item in enumerate(value))
 
 
 def load_body(schema: Schema, allow_empty: bool = False) -> dict:
@@ -47,7 +88,9 @@ def load_body(schema: Schema, allow_empty: bool = False) -> dict:
 
 def load_query(schema: Schema) -> dict:
     """Load the query string with `schema`; a parameter given twice keeps its first value."""
-    return schema.load(request.args.to_dict())
+    args = request.args.to_dict()
+    check_text(args)
+    return schema.load(args)
 
 
 def page_response(schema: Schema, items: list, total: int, args: dict) -> dict:

@@ -11,30 +11,47 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask, current_app, jsonify
 
 from financing.api import bp
-from financing.api.docs import Operation, operation
+from financing.api.docs import ID, MAX_ID, Operation, operation
 from financing.api.fields import MoneyField
 from financing.api.schemas import ErrorSchema, InputSchema, MoneyInputSchema, MoneySchema
 
 CACHE_KEY = "financing.api.openapi"
 _RULE_ARGUMENT = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
-_CONVERTER_TYPES = {"int": "integer", "float": "number"}
+_CONVERTER_SCHEMAS = {
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    ID: {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+}
 
 ERROR_DESCRIPTIONS = {
     400: "Malformed JSON, or a missing CSRF token on a cookie-authenticated request.",
     401: "No session and no valid Bearer token.",
-    403: "The user's role may not do this, or the object belongs to someone else.",
+    403: "The user's role may not do this, the object belongs to someone else, or the API token "
+         "lacks the operation's scope (code insufficient_scope).",
     404: "Unknown, or not visible to this user (e.g. an unpublished project).",
     409: "Conflict with the current state, e.g. a pledge beyond the goal or a forbidden transition.",
+    413: "The request body is larger than the API reads (1 MiB).",
     422: "Invalid fields; `fields` names each one.",
+    502: "The payment provider (Stripe) failed; nothing was charged or refunded.",
+    503: "A service the operation needs is unavailable or misconfigured.",
 }
 TAGS = (
     ("projects", "Projects with their funding needs, and the publishing workflow."),
     ("funders", "Funder profiles."),
+    ("match-funds", "Funds that match eligible individual pledges."),
     ("pledges", "Pledges against funding needs and their state machine."),
     ("matches", "Match suggestions between projects and funders, and their review."),
+    ("allocation", "Allocation runs that propose amounts for all open needs at once."),
+    ("rates", "Exchange rates that convert pledges into the need's currency."),
     ("stats", "Aggregate figures."),
-    ("meta", "This document."),
+    ("tokens", "Personal API tokens of the authenticated user."),
+    ("meta", "This document and its HTML reference."),
 )
+SCOPE_TEXT = {
+    "read": "Token scope: read.",
+    "pledge": "Token scope: pledge.",
+    "manage": "Token scope: manage.",
+}
 PUBLIC_SECURITY = [{}, {"bearerAuth": []}, {"cookieAuth": []}]
 REQUIRED_SECURITY = [{"bearerAuth": []}, {"cookieAuth": []}]
 
@@ -48,11 +65,11 @@ def _money_property(self, field, **kwargs) -> dict:
 
 
 def _openapi_path(rule: str) -> tuple[str, list[dict]]:
-    """Convert "/api/v1/projects/<int:project_id>" to "/api/v1/projects/{project_id}" and its parameters."""
+    """Convert "/api/v1/projects/<id:project_id>" to "/api/v1/projects/{project_id}" and its parameters."""
     parameters = [
         {
             "name": name, "in": "path", "required": True,
-            "schema": {"type": _CONVERTER_TYPES.get(converter or "", "string")},
+            "schema": _CONVERTER_SCHEMAS.get(converter or "", {"type": "string"}),
         }
         for converter, name in _RULE_ARGUMENT.findall(rule)
     ]
@@ -63,14 +80,24 @@ def _error_response(status: int) -> dict:
     return {"description": ERROR_DESCRIPTIONS[status], "content": {"application/json": {"schema": ErrorSchema}}}
 
 
-def _operation(endpoint: str, doc: Operation) -> dict:
+def _success_response(doc: Operation, status: int, description: str) -> dict:
+    response: dict = {"description": description}
+    if doc.response is not None:
+        response["content"] = {"application/json": {"schema": doc.response}}
+    elif doc.content_type is not None:
+        schema = {"type": "object"} if doc.content_type == "application/json" else {"type": "string"}
+        response["content"] = {doc.content_type: {"schema": schema}}
+    if status == doc.status and doc.response_headers:
+        response["headers"] = dict(doc.response_headers)
+    return response
+
+
+def _operation(endpoint: str, doc: Operation, method: str, has_path_parameters: bool) -> dict:
     """Build one OpenAPI operation object from a view's Operation."""
     successes = {doc.status: doc.summary, **dict(doc.also)}
-    responses: dict = {}
-    for status, description in successes.items():
-        responses[str(status)] = {"description": description}
-        if doc.response is not None:
-            responses[str(status)]["content"] = {"application/json": {"schema": doc.response}}
+    responses = {str(status): _success_response(doc, status, text) for status, text in successes.items()}
+    scope = doc.token_scope(method)
+    description = " ".join(part for part in (doc.description, SCOPE_TEXT.get(scope or "", "")) if part)
     result: dict = {
         "summary": doc.summary,
         "operationId": endpoint.split(".", 1)[-1],
@@ -79,8 +106,10 @@ def _operation(endpoint: str, doc: Operation) -> dict:
         "parameters": list(doc.headers),
         "responses": responses,
     }
-    if doc.description:
-        result["description"] = doc.description
+    if description:
+        result["description"] = description
+    if scope is not None:
+        result["x-token-scope"] = scope
     if doc.query is not None:
         result["parameters"].append({"in": "query", "schema": doc.query})
     if doc.body is not None:
@@ -89,8 +118,12 @@ def _operation(endpoint: str, doc: Operation) -> dict:
     errors = set(doc.errors)
     if doc.auth == "required":
         errors.add(401)
+    if scope is not None:
+        errors.add(403)
+    if has_path_parameters:
+        errors.add(404)
     if doc.body is not None:
-        errors |= {400, 422}
+        errors |= {400, 413, 422}
     if doc.query is not None or doc.headers:
         errors.add(422)
     for status in sorted(errors):
@@ -115,7 +148,10 @@ def build_spec(app: Flask) -> dict:
     spec.components.schema("Error", schema=ErrorSchema)
     spec.components.security_scheme("bearerAuth", {
         "type": "http", "scheme": "bearer",
-        "description": "A personal API token, created with `flask users token EMAIL`.",
+        "description": "A personal API token, created on the account page, with `POST /api/v1/tokens` or "
+                       "with `flask users token EMAIL`. Its scopes limit what it may do: read for GET "
+                       "requests, pledge to create or cancel one's own pledges, manage for every other change. "
+                       "Each operation names its scope in `x-token-scope`.",
     })
     spec.components.security_scheme("cookieAuth", {
         "type": "apiKey", "in": "cookie", "name": app.config.get("SESSION_COOKIE_NAME", "session"),
@@ -134,15 +170,20 @@ def build_spec(app: Flask) -> dict:
         path, parameters = _openapi_path(rule.rule)
         entry = paths.setdefault(path, {"parameters": parameters, "operations": {}})
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            entry["operations"][method.lower()] = _operation(rule.endpoint, doc)
+            entry["operations"][method.lower()] = _operation(rule.endpoint, doc, method, bool(parameters))
     for path, entry in paths.items():
         spec.path(path=path, operations=entry["operations"], parameters=entry["parameters"])
     return spec.to_dict()
 
 
-@bp.get("/openapi.json")
-@operation("This OpenAPI document", "meta")
-def openapi_document():
+def cached_spec() -> dict:
+    """Return the OpenAPI document of the current app, built on first use."""
     if CACHE_KEY not in current_app.extensions:
         current_app.extensions[CACHE_KEY] = build_spec(current_app)
-    return jsonify(current_app.extensions[CACHE_KEY])
+    return current_app.extensions[CACHE_KEY]
+
+
+@bp.get("/openapi.json")
+@operation("This OpenAPI document", "meta", scope=None, content_type="application/json")
+def openapi_document():
+    return jsonify(cached_spec())

@@ -1,23 +1,43 @@
-"""Pledge endpoints: idempotent creation by donors, reading, and the coordinators' actions."""
+"""Pledge endpoints: idempotent creation by donors, lists and ledgers, and the coordinators' actions."""
 
+from datetime import timedelta
 from types import SimpleNamespace
 
 from flask import jsonify, request, url_for
-from marshmallow import fields
+from marshmallow import fields, validate
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from financing.api import bp
-from financing.api.auth import require_coordinator, require_user
-from financing.api.docs import ID, operation
-from financing.api.fields import Amount, Money, MoneyField, parse_money
-from financing.api.inputs import load_body
-from financing.api.schemas import DisburseInputSchema, EmptySchema, InputSchema, OutputSchema, PledgeInputSchema, PledgeSchema, ReasonSchema
+from financing.api.auth import require_coordinator, require_scope, require_user
+from financing.api.docs import ID, LOCATION, MAX_ID, operation
+from financing.api.fields import Amount, Money, MoneyField, StrictInteger, parse_money
+from financing.api.inputs import load_body, load_query, page_response, text_problem
+from financing.api.schemas import (
+    DisburseInputSchema,
+    EmptySchema,
+    InputSchema,
+    OutputSchema,
+    PageArgsSchema,
+    PageSchema,
+    PledgeArgsSchema,
+    PledgeInputSchema,
+    PledgePageSchema,
+    PledgeSchema,
+    ReasonSchema,
+)
 from financing.core.errors import Conflict, ValidationFailed
+from financing.core.time import utcnow
 from financing.extensions import db
 from financing.payments.gateway import SWITCHED_OFF, card_payments_enabled
 from financing.payments.services import create_card_pledge, refund_pledge
 from financing.payments.views import checkout_return_urls
-from financing.pledges.models import Pledge
-from financing.pledges.services import act, create_pledge, get_pledge
+from financing.pledges.models import PLEDGE_STATES, Pledge, PledgeEvent
+from financing.pledges.services import act, cancel_own_pledge, create_pledge, get_pledge, visible_pledges
+# NOTE: act_on_many is a service that lives in the pages module; it belongs in pledges.services.
+from financing.pledges.views import BULK_ACTIONS, MAX_BATCH, act_on_many
+from financing.projects.models import FundingNeed
+from financing.projects.services import paginate
 
 
 class CardPledgeSchema(PledgeSchema):
@@ -34,6 +54,34 @@ class RefundInputSchema(InputSchema):
                   "description": "Amount in the pledge's currency; left out, all that is left is refunded."},
     )
     currency = fields.String(metadata={"description": "Optional; must be the pledge's currency."})
+
+
+class PledgeEventSchema(OutputSchema):
+    id = fields.Integer()
+    at = fields.DateTime()
+    from_state = fields.String(allow_none=True, metadata={"enum": list(PLEDGE_STATES), "description": "Null for the creation."})
+    to_state = fields.String(metadata={"enum": list(PLEDGE_STATES)})
+    amount = MoneyField(attribute="amount_minor", currency=lambda event: event.pledge.need.currency,
+                        metadata={"description": "Amount the transition concerns, in the need's currency."})
+    reason = fields.String()
+    actor_id = fields.Integer(allow_none=True, metadata={"description": "The user who acted; null for Stripe and the system."})
+
+
+class PledgeEventPageSchema(PageSchema):
+    items = fields.List(fields.Nested(PledgeEventSchema))
+
+
+class BulkInputSchema(InputSchema):
+    action = fields.String(required=True, validate=validate.OneOf(BULK_ACTIONS))
+    pledge_ids = fields.List(
+        StrictInteger(validate=validate.Range(min=1, max=MAX_ID)), required=True,
+        validate=validate.Length(min=1, max=MAX_BATCH),
+    )
+    reason = fields.String(load_default="", validate=validate.Length(max=2000), metadata={"description": "Required to cancel."})
+
+
+class BulkResultSchema(OutputSchema):
+    items = fields.List(fields.Nested(PledgeSchema), metadata={"description": "The pledges of the request, after the action."})
 
 
 class RefundSchema(OutputSchema):
@@ -61,6 +109,9 @@ def idempotency_key() -> str:
             "The Idempotency-Key header is missing.",
             {"Idempotency-Key": "Send a unique key, such as a UUID, so that a retried request cannot pledge twice."},
         )
+    problem = text_problem(key)
+    if problem:
+        raise ValidationFailed(f"The Idempotency-Key header {problem}.", {"Idempotency-Key": f"The key {problem}."})
     return key
 
 
@@ -77,11 +128,36 @@ def _pledge_response(pledge: Pledge):
     return jsonify(pledge_schema.dump(pledge))
 
 
+@bp.get("/v1/pledges")
+@operation(
+    "List pledges", "pledges", query=PledgeArgsSchema, response=PledgePageSchema, auth="required",
+    description="Newest first. Donors see their funder's pledges, owners the pledges to their "
+                "organisation's projects, coordinators all. state=pledged lists the pledges awaiting "
+                "confirmation, as the coordinators' review queue does.",
+)
+def list_pledges():
+    user = require_user()
+    args = load_query(PledgeArgsSchema())
+    query = visible_pledges(user).options(selectinload(Pledge.need))
+    for name in ("state", "kind", "need_id", "funder_id"):
+        if args.get(name) is not None:
+            query = query.where(getattr(Pledge, name) == args[name])
+    if args.get("project_id") is not None:
+        query = query.where(Pledge.need_id.in_(select(FundingNeed.id).where(FundingNeed.project_id == args["project_id"])))
+    if args.get("currency"):
+        query = query.where(Pledge.currency == args["currency"].upper())
+    if args.get("older_than") is not None:
+        query = query.where(Pledge.created_at <= utcnow() - timedelta(days=args["older_than"]))
+    items, total = paginate(query, args["page"], args["per_page"])
+    return jsonify(page_response(pledge_schema, items, total, args))
+
+
 @bp.post("/v1/pledges")
 @operation(
     "Pledge an amount to a funding need", "pledges", body=PledgeInputSchema, response=CardPledgeSchema,
     status=201, also=((200, "The pledge made earlier with the same Idempotency-Key."),),
-    auth="required", errors=(403, 404, 409), headers=(IDEMPOTENCY_HEADER,),
+    auth="required", errors=(403, 404, 409, 502), headers=(IDEMPOTENCY_HEADER,), scope="pledge",
+    response_headers=(LOCATION,),
     description="Donors pledge commitments in the need's currency. A repeated request with the same "
                 "Idempotency-Key returns the first pledge with status 200; with other values, 409. "
                 "A card pledge (kind card) starts as pending_payment and the response adds the `checkout_url` "
@@ -135,6 +211,38 @@ def get_pledge_view(pledge_id: int):
     return _pledge_response(get_pledge(require_user(), pledge_id))
 
 
+@bp.get(f"/v1/pledges/<{ID}:pledge_id>/events")
+@operation(
+    "List the ledger of a pledge", "pledges", query=PageArgsSchema, response=PledgeEventPageSchema,
+    auth="required", errors=(404,),
+    description="Every transition of the pledge in order, oldest first, as the append-only ledger records it.",
+)
+def list_pledge_events(pledge_id: int):
+    pledge = get_pledge(require_user(), pledge_id)
+    args = load_query(PageArgsSchema())
+    query = select(PledgeEvent).where(PledgeEvent.pledge_id == pledge.id).order_by(PledgeEvent.id)
+    items, total = paginate(query, args["page"], args["per_page"])
+    return jsonify(page_response(PledgeEventSchema(), items, total, args))
+
+
+@bp.post("/v1/pledges/bulk")
+@operation(
+    "Confirm or cancel several pledges at once", "pledges", body=BulkInputSchema, response=BulkResultSchema,
+    auth="required", errors=(403, 409),
+    description="All the pledges change, or none: when one of them no longer awaits confirmation the "
+                "response is 409 and its message lists each such pledge. Cancelling needs a reason, "
+                "recorded in each pledge's ledger.",
+)
+def bulk_pledges():
+    user = require_coordinator()
+    data = load_body(BulkInputSchema())
+    act_on_many(user, data["pledge_ids"], data["action"], data["reason"])
+    db.session.commit()
+    ids = sorted(set(data["pledge_ids"]))
+    pledges = db.session.scalars(select(Pledge).where(Pledge.id.in_(ids)).order_by(Pledge.id)).all()
+    return jsonify(BulkResultSchema().dump({"items": pledges}))
+
+
 @bp.post(f"/v1/pledges/<{ID}:pledge_id>/confirm")
 @operation(
     "Confirm a pledge", "pledges", body=EmptySchema, body_required=False, response=PledgeSchema,
@@ -151,12 +259,19 @@ def confirm_pledge(pledge_id: int):
 @bp.post(f"/v1/pledges/<{ID}:pledge_id>/cancel")
 @operation(
     "Cancel a pledge with a reason", "pledges", body=ReasonSchema, response=PledgeSchema,
-    auth="required", errors=(403, 404, 409),
+    auth="required", errors=(403, 404, 409), scope="pledge", scope_in_view=True,
+    description="Coordinators cancel any pledge that is pledged or confirmed, which needs the manage "
+                "scope on a token. Donors cancel their own pledges while they await confirmation, "
+                "which needs the pledge scope.",
 )
 def cancel_pledge(pledge_id: int):
-    user = require_coordinator()
+    user = require_user()
+    require_scope("manage" if user.is_coordinator else "pledge")
     data = load_body(ReasonSchema())
-    pledge = act(user, pledge_id, "cancel", reason=data["reason"])
+    if user.is_coordinator:
+        pledge = act(user, pledge_id, "cancel", reason=data["reason"])
+    else:
+        pledge = cancel_own_pledge(user, pledge_id, data["reason"])
     db.session.commit()
     return _pledge_response(pledge)
 
@@ -182,7 +297,7 @@ def disburse_pledge(pledge_id: int):
 @bp.post(f"/v1/pledges/<{ID}:pledge_id>/refund")
 @operation(
     "Ask Stripe to refund a card pledge", "pledges", body=RefundInputSchema, body_required=False,
-    response=RefundSchema, status=202, auth="required", errors=(403, 404, 409),
+    response=RefundSchema, status=202, auth="required", errors=(403, 404, 409, 502),
     description="Refunds all or part of a paid card pledge through Stripe. The pledge does not change "
                 "here: it becomes refunded, or keeps a smaller active amount, when Stripe's charge.refunded "
                 "webhook confirms the refund. When Stripe fails, the response is 502 and nothing changes.",

@@ -4,12 +4,12 @@ from flask import jsonify, url_for
 
 from financing.api import bp
 from financing.api.auth import require_coordinator, require_user, viewer
-from financing.api.docs import ID, operation
+from financing.api.docs import ID, LOCATION, operation
 from financing.api.inputs import load_body, load_query, page_response
 from financing.api.schemas import (
     EmptySchema,
-    ProjectArgsSchema,
     ProjectInputSchema,
+    ProjectListArgsSchema,
     ProjectPageSchema,
     ProjectPatchSchema,
     ProjectSchema,
@@ -19,6 +19,7 @@ from financing.core.errors import ValidationFailed
 from financing.extensions import db
 from financing.projects.models import Project
 from financing.projects.services import (
+    LIST_LOADS,
     NeedInput,
     ProjectFilters,
     ProjectInput,
@@ -30,6 +31,7 @@ from financing.projects.services import (
     search_query,
     submit_project,
     update_project,
+    withdraw_project,
 )
 
 project_schema = ProjectSchema()
@@ -80,24 +82,32 @@ def _project_response(project: Project):
 
 @bp.get("/v1/projects")
 @operation(
-    "List projects", "projects", query=ProjectArgsSchema, response=ProjectPageSchema,
+    "List projects", "projects", query=ProjectListArgsSchema, response=ProjectPageSchema, errors=(401,),
     description="Anonymous users, owners and donors see published, funded and closed projects; "
-                "coordinators see every status. A region or theme filter also matches projects "
-                "tagged with one of its countries or sectors.",
+                "coordinators see every status. With mine=true the list holds the projects of your "
+                "own organisation in every status, newest change first, and needs credentials. A region "
+                "or theme filter also matches projects tagged with one of its countries or sectors.",
 )
 def list_projects():
-    args = load_query(ProjectArgsSchema())
+    args = load_query(ProjectListArgsSchema())
     user = viewer()
     filters = ProjectFilters(**{name: args.get(name) for name in FILTERS})
-    query = search_query(filters, public=not (user is not None and user.is_coordinator))
-    items, total = paginate(query, args["page"], args["per_page"])
+    if args["mine"]:
+        user = require_user()
+        if user.organisation_id is None:
+            return jsonify(page_response(project_schema, [], 0, args))
+        filters.organisation_id = user.organisation_id
+        query = search_query(filters, public=False).order_by(None).order_by(Project.updated_at.desc(), Project.id.desc())
+    else:
+        query = search_query(filters, public=not (user is not None and user.is_coordinator))
+    items, total = paginate(query.options(*LIST_LOADS), args["page"], args["per_page"])
     return jsonify(page_response(project_schema, items, total, args))
 
 
 @bp.post("/v1/projects")
 @operation(
     "Create a draft project with its funding needs", "projects", body=ProjectInputSchema,
-    response=ProjectSchema, status=201, auth="required", errors=(403,),
+    response=ProjectSchema, status=201, auth="required", errors=(403,), response_headers=(LOCATION,),
 )
 def create_project_view():
     user = require_user()
@@ -156,6 +166,21 @@ def publish_project_view(project_id: int):
     user = require_coordinator()
     load_body(EmptySchema(), allow_empty=True)
     project = publish_project(user, get_project(project_id, user))
+    db.session.commit()
+    return _project_response(project)
+
+
+@bp.post(f"/v1/projects/<{ID}:project_id>/withdraw")
+@operation(
+    "Withdraw a project", "projects", body=EmptySchema, body_required=False,
+    response=ProjectSchema, auth="required", errors=(403, 404, 409),
+    description="The owner takes a project that is not yet funded off the platform: a draft, submitted, "
+                "returned or published project becomes withdrawn.",
+)
+def withdraw_project_view(project_id: int):
+    user = require_user()
+    load_body(EmptySchema(), allow_empty=True)
+    project = withdraw_project(user, get_project(project_id, user))
     db.session.commit()
     return _project_response(project)
 

@@ -20,6 +20,8 @@ from financing.projects.services import SORTS
 MAX_PER_PAGE = 100
 # Largest page number, which keeps OFFSET a small integer.
 MAX_PAGE = 100_000
+# Largest "older than" filter, in days.
+MAX_AGE_DAYS = 36_500
 
 # Fields that responses contain but requests may not set; naming them in a request gets
 # a clearer error than "Unknown field."
@@ -42,7 +44,7 @@ def _text(max_length: int, **kwargs) -> fields.String:
     return fields.String(validate=validate.Length(max=max_length), **kwargs)
 
 
-def _codes(description: str) -> fields.List:
+def code_list(description: str) -> fields.List:
     return fields.List(fields.String(validate=validate.Length(max=30)), metadata={"description": description})
 
 
@@ -113,6 +115,7 @@ class FunderSchema(OutputSchema):
     name = fields.String()
     kind = fields.String(metadata={"enum": list(FUNDER_KINDS)})
     description = fields.String()
+    currency = fields.String(metadata={"description": "ISO 4217 code of the ticket range and the budget."})
     regions = fields.List(fields.String())
     countries = fields.List(fields.String())
     themes = fields.List(fields.String())
@@ -176,6 +179,10 @@ class FunderPageSchema(PageSchema):
 
 class MatchPageSchema(PageSchema):
     items = fields.List(fields.Nested(MatchSchema))
+
+
+class PledgePageSchema(PageSchema):
+    items = fields.List(fields.Nested(PledgeSchema))
 
 
 class ErrorDetailSchema(OutputSchema):
@@ -253,10 +260,10 @@ class ProjectInputSchema(InputSchema):
     title = _text(300, required=True)
     summary = _text(1000, load_default="")
     description = _text(100_000, load_default="")
-    countries = _codes("ISO 3166-1 alpha-2 codes.")
-    regions = _codes("ITU-D region slugs.")
-    themes = _codes("Theme slugs.")
-    sectors = _codes("OECD DAC 5-digit sector codes.")
+    countries = code_list("ISO 3166-1 alpha-2 codes.")
+    regions = code_list("ITU-D region slugs.")
+    themes = code_list("Theme slugs.")
+    sectors = code_list("OECD DAC 5-digit sector codes.")
     start_date = fields.Date(allow_none=True)
     end_date = fields.Date(allow_none=True)
     needs = fields.List(fields.Nested(NeedInputSchema), required=True, validate=validate.Length(min=1, max=50))
@@ -298,6 +305,27 @@ class DisburseInputSchema(InputSchema):
     currency = fields.String(metadata={"description": "Optional; must be the need's currency."})
 
 
+class FunderPatchSchema(InputSchema):
+    """A partial update of a funder profile: fields left out keep their value, null clears an amount.
+
+    The amounts share one currency, the profile's `currency`.
+    """
+
+    name = fields.String(validate=validate.Length(min=1, max=300))
+    kind = fields.String(validate=validate.OneOf(FUNDER_KINDS))
+    description = _text(100_000)
+    currency = fields.String(validate=validate.Length(max=3), metadata={"description": "ISO 4217 code of the amounts.", "example": "EUR"})
+    ticket_min = MoneyField(allow_none=True)
+    ticket_max = MoneyField(allow_none=True)
+    annual_budget = MoneyField(allow_none=True)
+    decision_days = StrictInteger(allow_none=True, validate=validate.Range(min=0, max=3650),
+                                  metadata={"description": "Days the funder needs to decide on a proposal."})
+    regions = code_list("ITU-D region slugs.")
+    countries = code_list("ISO 3166-1 alpha-2 codes.")
+    themes = code_list("Theme slugs.")
+    sectors = code_list("OECD DAC 5-digit sector codes.")
+
+
 class ReasonSchema(InputSchema):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=2000))
 
@@ -311,6 +339,13 @@ class EmptySchema(InputSchema):
 
 
 # Query strings ------------------------------------------------------------------------
+
+
+class QueryBoolean(fields.Boolean):
+    """A query-string flag: exactly "true" or "false"."""
+
+    truthy = {"true"}
+    falsy = {"false"}
 
 
 class PageArgsSchema(Schema):
@@ -328,6 +363,13 @@ class ProjectArgsSchema(PageArgsSchema):
     sort = fields.String(load_default="newest", validate=validate.OneOf(SORTS))
 
 
+class ProjectListArgsSchema(ProjectArgsSchema):
+    mine = QueryBoolean(
+        load_default=False,
+        metadata={"description": "true lists the projects of your own organisation in every status; needs credentials."},
+    )
+
+
 class FunderArgsSchema(PageArgsSchema):
     kind = fields.String(validate=validate.OneOf(FUNDER_KINDS))
     region = fields.String(
@@ -337,6 +379,22 @@ class FunderArgsSchema(PageArgsSchema):
     theme = fields.String(
         validate=validate.OneOf(list(reference.themes())),
         metadata={"description": "Funders that prefer the theme or one of its DAC sectors."},
+    )
+
+
+class PledgeArgsSchema(PageArgsSchema):
+    state = fields.String(validate=validate.OneOf(PLEDGE_STATES))
+    kind = fields.String(validate=validate.OneOf(PLEDGE_KINDS))
+    need_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
+    project_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
+    funder_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
+    currency = fields.String(
+        validate=_check_code("currency", reference.currencies, str.upper),
+        metadata={"description": "ISO 4217 code of the pledged amount."},
+    )
+    older_than = fields.Integer(
+        validate=validate.Range(min=0, max=MAX_AGE_DAYS),
+        metadata={"description": "Only pledges made at least this many days ago."},
     )
 
 

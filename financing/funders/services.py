@@ -7,6 +7,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from financing.accounts.models import User
+from financing.audit import services as audit
+from financing.audit.snapshots import funder_fields
 from financing.core.errors import Forbidden, NotFound, ValidationFailed
 from financing.extensions import db
 from financing.jobs import enqueue_after_commit
@@ -119,6 +121,7 @@ def update_funder(user: User, funder: Funder, data: FunderInput) -> Funder:
     """Replace a funder profile's fields and preferences."""
     check_can_edit(user, funder)
     validate(data)
+    before = funder_fields(funder)
     funder.name = data.name.strip()
     funder.kind = data.kind
     funder.description = data.description
@@ -136,6 +139,7 @@ def update_funder(user: User, funder: Funder, data: FunderInput) -> Funder:
         for pref in funder.preferences:
             pref.weight = None
     db.session.flush()
+    audit.record_changes(user, "update", "funder", funder.id, before, funder_fields(funder))
     enqueue_after_commit("match.funder", funder_id=funder.id)
     logger.info("funder updated id=%s user=%s", funder.id, user.id)
     return funder

@@ -24,6 +24,10 @@ Mapping, one activity at a time:
   that incoming money, and the reporting organisation's own outgoing commitments and
   disbursements pass the same money on to implementers. Those are skipped, so that the
   money is not counted twice.
+- Activities whose reporting-org is this platform (the IATI_REPORTING_ORG_REF setting) come
+  from its own export, so this database is their source. They are skipped and counted,
+  because importing them would re-own each project to the platform and add a second need and
+  pledges beside the ones the export was made from.
 
 NOTE: a parent activity (hierarchy 1) and its child activities each become a project, so
 files that report both, such as the EC d-portal pages, show their money twice.
@@ -37,7 +41,7 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 
-from flask import current_app
+from flask import current_app, has_app_context
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import selectinload
@@ -340,6 +344,8 @@ class _FileImport:
         self.countries = reference.countries()
         self.sectors = reference.sectors()
         self.currencies = reference.currencies()
+        # Read without an app too, as benchmarks/matching_quality.py maps activities without one.
+        self.own_ref = current_app.config.get("IATI_REPORTING_ORG_REF") if has_app_context() else None
 
     # Batches and activities
 
@@ -371,6 +377,8 @@ class _FileImport:
             reason = "duplicate identifier in this file"
         elif activity.reporting_org is None or not (clean_ref(activity.reporting_org.ref) or activity.reporting_org.name):
             reason = "no reporting organisation"
+        elif self.own_ref and clean_ref(activity.reporting_org.ref) == self.own_ref:
+            reason = "reported by this platform"
         if reason:
             self.report.activities_skipped[reason] += 1
             return None

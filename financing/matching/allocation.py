@@ -75,6 +75,7 @@ from sqlalchemy.orm import selectinload
 
 from financing import reference
 from financing.accounts.models import User
+from financing.audit import services as audit
 from financing.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from financing.core.time import utcnow
 from financing.extensions import db
@@ -86,6 +87,7 @@ from financing.matching.engine import (
 )
 from financing.matching.models import Match
 from financing.money import convert, minor_units
+from financing.notifications import events as notifications
 from financing.pledges.services import find_rate
 from financing.projects.models import FundingNeed, Project, ProjectTag
 
@@ -955,6 +957,19 @@ def get_run(user: User, run_id: int | None = None) -> AllocationRun | None:
     return run
 
 
+def list_runs(user: User, page: int = 1, per_page: int = 20) -> tuple[list[AllocationRun], int]:
+    """Return one page of allocation runs, newest first, and their total count.
+
+    Raises Forbidden unless the user is a coordinator.
+    """
+    _check_coordinator(user, "see allocation runs")
+    total = db.session.scalar(select(func.count()).select_from(AllocationRun)) or 0
+    runs = db.session.scalars(
+        select(AllocationRun).order_by(AllocationRun.id.desc()).limit(per_page).offset((page - 1) * per_page)
+    ).all()
+    return list(runs), total
+
+
 def list_rows(run: AllocationRun, page: int = 1, per_page: int = 50) -> tuple[list[AllocationRow], int]:
     """Return one page of a run's rows, by project, need and amount, and their total count."""
     query = select(AllocationRow).where(AllocationRow.run_id == run.id)
@@ -1011,6 +1026,8 @@ def _accept_match(user: User, run: AllocationRun, project: Project, funder: Fund
     match.reviewed_by_id = user.id
     match.reviewed_at = now
     db.session.flush()
+    audit.record(user, "accept", "match", match.id, {"status": previous}, {"status": "accepted"}, match.review_reason)
+    notifications.match_accepted(match)
     logger.info("match accepted id=%s project=%s funder=%s from=%s run=%s user=%s",
                 match.id, project.id, funder.id, previous, run.id, user.id)
     return match

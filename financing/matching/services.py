@@ -14,11 +14,13 @@ from sqlalchemy.orm import selectinload
 
 from financing import reference
 from financing.accounts.models import User
+from financing.audit import services as audit
 from financing.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from financing.core.time import utcnow
 from financing.extensions import db
 from financing.funders.services import funder_for_user
 from financing.matching.models import MATCH_STATUSES, Match
+from financing.notifications import events as notifications
 from financing.projects.models import Project, ProjectTag
 from financing.projects.services import PUBLIC
 
@@ -168,6 +170,10 @@ def _review(user: User, match_id: int, status: str, reason: str) -> Match:
     match.reviewed_by_id = user.id
     match.reviewed_at = utcnow()
     db.session.flush()
+    action = "accept" if status == "accepted" else "reject"
+    audit.record(user, action, "match", match.id, {"status": previous}, {"status": status}, reason)
+    if status == "accepted":
+        notifications.match_accepted(match)
     logger.info("match %s id=%s project=%s funder=%s from=%s user=%s", status, match.id, match.project_id, match.funder_id, previous, user.id)
     return match
 
@@ -188,14 +194,12 @@ def _clean_reason(reason: str | None) -> str:
 
 
 def accept_match(user: User, match_id: int, reason: str = "") -> Match:
-    """Accept a suggested or stale match, with an optional reason.
+    """Accept a suggested or stale match, with an optional reason, and notify the funder and the owners.
 
     Raises Forbidden unless the user is a coordinator, NotFound for an unknown id, and
     Conflict when the match was already accepted or rejected.
     """
     _check_reviewer(user)
-    # NOTE: an accepted match should notify the funder and the owner, but the platform has no
-    # notification or mail service yet, so acceptance is only logged.
     return _review(user, match_id, "accepted", _clean_reason(reason))
 
 

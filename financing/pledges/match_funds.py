@@ -31,11 +31,14 @@ from sqlalchemy.orm import selectinload
 
 from financing import reference
 from financing.accounts.models import User
+from financing.audit import services as audit
+from financing.audit.snapshots import match_fund_fields
 from financing.core.errors import Forbidden, NotFound, ValidationFailed
 from financing.extensions import db
 from financing.funders.models import Funder
 from financing.funders.services import funder_for_user
 from financing.money import MoneyError, check_currency, convert, parse_amount
+from financing.notifications import events as notifications
 from financing.pledges import services as pledge_services
 from financing.pledges.models import RELEASED_STATES, MatchFund, MatchFundRule, Pledge
 from financing.projects.models import FundingNeed, Project
@@ -207,6 +210,7 @@ def create_match_fund(user: User, data: MatchFundInput) -> MatchFund:
     fund.funder_id = funder.id
     db.session.add(fund)
     db.session.flush()
+    audit.record(user, "create", "match_fund", fund.id, after=match_fund_fields(fund))
     logger.info(
         "match fund created id=%s funder=%s factor=%s cap=%s %s user=%s",
         fund.id, funder.id, fund.factor, fund.total_cap_minor, fund.currency, user.id,
@@ -255,6 +259,8 @@ def set_active(user: User, fund: MatchFund, active: bool) -> MatchFund:
     """Pause or resume a fund; pledges already matched stay as they are."""
     if not can_manage(user, fund):
         raise NotFound(f"Match fund {fund.id} not found.")
+    if fund.active != active:
+        audit.record(user, "resume" if active else "pause", "match_fund", fund.id, {"active": fund.active}, {"active": active})
     fund.active = active
     db.session.flush()
     logger.info("match fund %s id=%s user=%s", "resumed" if active else "paused", fund.id, user.id)
@@ -510,8 +516,14 @@ def _create_match(pledge: Pledge, fund: MatchFund, need: FundingNeed, amount_min
         match_fund_id=fund.id, matches_pledge_id=pledge.id, created_by_id=actor.id if actor else None,
     )
     db.session.add(match)
-    pledge_services.record(match, actor, None, match.state, amount_minor, f"Match fund {fund.name} matches pledge {pledge.id}")
+    reason = f"Match fund {fund.name} matches pledge {pledge.id}"
+    pledge_services.record(match, actor, None, match.state, amount_minor, reason)
     db.session.flush()
+    audit.record(actor, "create", "pledge", match.id, after={
+        "state": match.state, "kind": match.kind, "amount": audit.money(amount_minor, need.currency),
+        "need_id": need.id, "funder_id": fund.funder_id, "match_fund_id": fund.id,
+    }, reason=reason)
+    notifications.pledge_event(match, "pledge_made", amount_minor, need.currency)
     # The conditional UPDATEs bypassed the loaded objects.
     db.session.expire(fund, ["used_minor"])
     db.session.expire(need, ["pledged_minor"])

@@ -4,10 +4,12 @@ import logging
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Select, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from financing.accounts.models import User
+from financing.audit import services as audit
+from financing.audit.snapshots import pledge_fields
 from financing.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from financing.core.time import utcnow
 from financing.extensions import db
@@ -15,6 +17,7 @@ from financing.jobs import enqueue_after_commit
 from financing.funders.models import Funder
 from financing.funders.services import funder_for_user
 from financing.money import MAX_MAJOR_UNITS, MoneyError, check_currency, convert, minor_units
+from financing.notifications import events as notifications
 from financing.pledges import match_funds
 from financing.pledges.models import RELEASED_STATES, ExchangeRate, Pledge, PledgeEvent
 from financing.projects.models import FundingNeed, Project
@@ -173,6 +176,12 @@ def create_pledge(
         if existing is None:
             raise
         return existing, False
+    audit.record(user, "create", "pledge", pledge.id, after={
+        "state": state, "kind": kind, "amount": audit.money(amount_minor, currency),
+        "need_amount": audit.money(need_amount, need.currency), "need_id": need.id, "funder_id": funder.id,
+    }, reason=reason)
+    if state == "pledged":
+        notifications.pledge_event(pledge, "pledge_made", amount_minor, currency)
     match_funds.match_pledge(pledge, user)
     db.session.refresh(need)
     enqueue_after_commit("match.project", project_id=need.project_id)
@@ -228,6 +237,7 @@ def transition(pledge_id: int, action: str, actor: User | None, amount_minor: in
         raise Conflict(f"Cannot {action.replace('_', ' ')} a pledge that is {pledge.state}.", {"state": pledge.state})
     if action == "cancel" and pledge.kind == "card" and pledge.state == "confirmed":
         raise Conflict("A paid card pledge is refunded, not cancelled.", {"state": pledge.state})
+    before = pledge_fields(pledge)
 
     amount = pledge.active_minor
     if action == "disburse":
@@ -244,6 +254,9 @@ def transition(pledge_id: int, action: str, actor: User | None, amount_minor: in
     from_state = pledge.state
     pledge.state = target
     record(pledge, actor, from_state, target, amount, reason)
+    changed_before, changed_after = audit.changes(before, pledge_fields(pledge))
+    audit.record(actor, action, "pledge", pledge.id, changed_before, {**changed_after, "amount": audit.money(amount, pledge.need.currency)}, reason)
+    notifications.pledge_transition(pledge, action, amount)
     db.session.flush()
     _refresh_need(pledge.need)
     enqueue_after_commit("match.project", project_id=pledge.need.project_id)
@@ -290,6 +303,32 @@ def act(user: User, pledge_id: int, action: str, amount_minor: int | None = None
     return transition(pledge_id, action, user, amount_minor, reason)
 
 
+def cancel_own_pledge(user: User, pledge_id: int, reason: str) -> Pledge:
+    """Cancel a donor's own pledge while it still awaits a coordinator's confirmation.
+
+    Raises NotFound for a pledge of another funder, Forbidden for other roles, ValidationFailed
+    without a reason, and Conflict once the pledge is confirmed or was made by a match fund,
+    whose pledges follow the donor pledge they match.
+    """
+    if user.role != "donor":
+        raise Forbidden("Only donors cancel their own pledges; coordinators cancel any pledge.")
+    if not (reason or "").strip():
+        raise ValidationFailed("A reason is required to cancel a pledge.", {"reason": "Reason is required."})
+    get_pledge(user, pledge_id)
+    pledge = _lock(pledge_id)
+    if pledge.match_fund_id is not None:
+        raise Conflict(
+            f"Pledge {pledge.id} was made by a match fund; it is cancelled with the pledge it matches.",
+            {"state": pledge.state},
+        )
+    if pledge.state != "pledged":
+        raise Conflict(
+            f"Pledge {pledge.id} is {pledge.state.replace('_', ' ')}; donors can cancel only pledges awaiting confirmation.",
+            {"state": pledge.state},
+        )
+    return transition(pledge.id, "cancel", user, reason=reason.strip())
+
+
 def get_pledge(user: User, pledge_id: int) -> Pledge:
     """Load a pledge that the user may see: coordinators all, donors their funder's."""
     pledge = db.session.get(Pledge, pledge_id)
@@ -305,20 +344,48 @@ def get_pledge(user: User, pledge_id: int) -> Pledge:
     raise NotFound(f"Pledge {pledge_id} not found.")
 
 
+def visible_pledges(user: User) -> Select:
+    """Build the query of the pledges a user may see, newest first.
+
+    Coordinators see every pledge, donors their funder's, and owners the pledges to their
+    organisation's projects, as in get_pledge.
+    """
+    query = select(Pledge).order_by(Pledge.created_at.desc(), Pledge.id.desc())
+    if user.is_coordinator:
+        return query
+    if user.role == "donor":
+        funder = funder_for_user(user, create=False)
+        return query.where(Pledge.funder_id == funder.id) if funder is not None else query.where(false())
+    if user.role == "owner" and user.organisation_id is not None:
+        own_needs = select(FundingNeed.id).join(Project, Project.id == FundingNeed.project_id).where(
+            Project.organisation_id == user.organisation_id
+        )
+        return query.where(Pledge.need_id.in_(own_needs))
+    return query.where(false())
+
+
 def need_totals(need_id: int) -> dict[str, int]:
     """Sum a need's pledges by bucket, in the need's minor units."""
+    return needs_totals([need_id])[need_id]
+
+
+def needs_totals(need_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Sum the pledges of several needs by bucket, each in its need's minor units, in one query."""
+    totals = {need_id: {"pledged": 0, "confirmed": 0, "disbursed": 0} for need_id in need_ids}
+    if not need_ids:
+        return totals
     rows = db.session.execute(
-        select(Pledge.state, func.sum(Pledge.need_amount_minor - Pledge.refunded_minor), func.sum(Pledge.disbursed_minor))
-        .where(Pledge.need_id == need_id).group_by(Pledge.state)
+        select(Pledge.need_id, Pledge.state, func.sum(Pledge.need_amount_minor - Pledge.refunded_minor), func.sum(Pledge.disbursed_minor))
+        .where(Pledge.need_id.in_(need_ids)).group_by(Pledge.need_id, Pledge.state)
     ).all()
-    totals = {"pledged": 0, "confirmed": 0, "disbursed": 0}
-    for state, amount, disbursed in rows:
+    for need_id, state, amount, disbursed in rows:
         if state in RELEASED_STATES:
             continue
-        totals["pledged"] += int(amount or 0)
+        need = totals[need_id]
+        need["pledged"] += int(amount or 0)
         if state in CONFIRMED_STATES:
-            totals["confirmed"] += int(amount or 0)
-        totals["disbursed"] += int(disbursed or 0)
+            need["confirmed"] += int(amount or 0)
+        need["disbursed"] += int(disbursed or 0)
     return totals
 
 

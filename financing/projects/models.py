@@ -3,16 +3,19 @@
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from financing.accounts.models import Organisation
 from financing.core.codes import CodesMixin
+from financing.core.search import search_text
 from financing.core.time import utcnow
 from financing.core.types import ExactDecimal, UTCDateTime
 from financing.extensions import db
 
 PROJECT_STATUSES = ("draft", "submitted", "returned", "published", "funded", "closed", "withdrawn")
+# Statuses in which everyone may see a project.
+PUBLIC_STATUSES = ("published", "funded", "closed")
 NEED_STATUSES = ("open", "funded", "closed")
 TAG_KINDS = ("country", "region", "theme", "sector")
 
@@ -27,7 +30,10 @@ class Project(CodesMixin, db.Model):
     summary: Mapped[str] = mapped_column(String(1000), default="")
     # Markdown source; rendered and sanitised on display.
     description: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(20), default="draft", index=True)
+    # Title and summary folded by financing.core.search.fold, for the `q` search.
+    # `_keep_search_text` recomputes it whenever either is assigned.
+    search_text: Mapped[str] = mapped_column(Text, default="", server_default="")
+    status: Mapped[str] = mapped_column(String(20), default="draft")
     iati_identifier: Mapped[str | None] = mapped_column(String(300), unique=True)
     start_date: Mapped[date | None]
     end_date: Mapped[date | None]
@@ -38,7 +44,7 @@ class Project(CodesMixin, db.Model):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     organisation: Mapped[Organisation] = relationship()
     needs: Mapped[list["FundingNeed"]] = relationship(
@@ -52,7 +58,26 @@ class Project(CodesMixin, db.Model):
     __table_args__ = (
         CheckConstraint(f"status IN {PROJECT_STATUSES!r}", name="status"),
         CheckConstraint("source IN ('form', 'api', 'iati', 'demo', 'csv')", name="source"),
+        # With the id, counting the projects of some statuses that have some tags reads
+        # only this index, not the wide project rows.
+        Index("ix_project_status_id", "status", "id"),
+        # The order of the public lists' "newest" and "oldest" sorts (read backwards for
+        # newest), so that a page reads its rows in order and stops instead of sorting every
+        # matching project. Only public projects are in it, because a backward scan of all
+        # projects would first pass every never-published one (published_at NULL).
+        Index(
+            "ix_project_public_published_at_id", "published_at", "id",
+            postgresql_where=text(f"status IN {PUBLIC_STATUSES!r}"),
+            sqlite_where=text(f"status IN {PUBLIC_STATUSES!r}"),
+        ),
     )
+
+    @validates("title", "summary")
+    def _keep_search_text(self, key: str, value: str | None) -> str | None:
+        title = value if key == "title" else self.title
+        summary = value if key == "summary" else self.summary
+        self.search_text = search_text(title, summary)
+        return value
 
 
 class ProjectTag(db.Model):

@@ -1,19 +1,22 @@
-"""Project pages: browse and detail for everyone, writing for owners, review for coordinators."""
+"""Project pages: browse and detail for everyone, writing for owners, publish and return for coordinators.
+
+The list of projects awaiting review is a tab of the review queues (financing.review).
+"""
 
 import logging
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
-from sqlalchemy.orm import selectinload
 
 from financing.core.errors import Conflict, ValidationFailed
 from financing.extensions import db
-from financing.pledges.services import deadline_passed, need_totals
+from financing.pledges.services import deadline_passed, needs_totals
 from financing.projects.forms import EMPTY_NEED_ROWS, STATUS_LABELS, ProjectFilterForm, ProjectForm, ReturnForm, form_data_of
 from financing.projects.models import Project
 from financing.projects.services import (
     EDITABLE,
+    LIST_LOADS,
     ProjectFilters,
     check_owner,
     create_project,
@@ -32,9 +35,6 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("projects", __name__)
 
-# Loader options for the needs, tags and organisation that every project list shows: three
-# extra queries however many projects the page has.
-LIST_LOADS = (selectinload(Project.needs), selectinload(Project.tags), selectinload(Project.organisation))
 # Form errors the service reports under a name that the form shows elsewhere.
 FORM_FIELD_OF = {"sectors": "other_sectors"}
 SUBMITTABLE = ("draft", "returned")
@@ -102,7 +102,8 @@ def detail(project_id: int):
 def _render_detail(project: Project, return_form: ReturnForm | None = None):
     viewer = _viewer()
     is_owner = viewer.role == "owner" and viewer.organisation_id == project.organisation_id
-    needs = [_need_view(need, project, viewer) for need in project.needs]
+    totals = needs_totals([need.id for need in project.needs])
+    needs = [_need_view(need, project, viewer, totals[need.id]) for need in project.needs]
     return render_template(
         "projects/detail.html",
         project=project,
@@ -116,10 +117,8 @@ def _render_detail(project: Project, return_form: ReturnForm | None = None):
     )
 
 
-def _need_view(need, project: Project, viewer) -> dict:
-    """Collect what the detail page shows for one funding need."""
-    # One query per need: projects have a handful of needs.
-    totals = need_totals(need.id)
+def _need_view(need, project: Project, viewer, totals: dict[str, int]) -> dict:
+    """Collect what the detail page shows for one funding need, given its pledge totals."""
     passed = deadline_passed(need)
     accepts = (
         project.status == "published"
@@ -254,7 +253,7 @@ def publish(project_id: int):
     require_coordinator()
     project = get_project(project_id, _viewer())
     _act(lambda: publish_project(_viewer(), project), _("Project %(title)r is published.", title=project.title), project)
-    return redirect(url_for("projects.review"))
+    return redirect(url_for("review.index"))
 
 
 @bp.post("/projects/<int:project_id>/return", endpoint="return")
@@ -267,7 +266,7 @@ def return_(project_id: int):
         logger.info("return form rejected project=%s user=%s", project.id, current_user.id)
         return _render_detail(project, return_form=form), 422
     _act(lambda: return_project(_viewer(), project, form.reason.data), _("Project %(title)r is returned to its owner.", title=project.title), project)
-    return redirect(url_for("projects.review"))
+    return redirect(url_for("review.index"))
 
 
 def _act(change, success_message: str, project: Project) -> bool:
@@ -298,16 +297,3 @@ def mine():
         query = query.order_by(None).order_by(Project.updated_at.desc(), Project.id.desc()).options(*LIST_LOADS)
         projects, total = paginate(query, page, per_page)
     return render_template("projects/mine.html", projects=projects, total=total, page=page, per_page=per_page)
-
-
-@bp.get("/review")
-@login_required
-def review():
-    require_coordinator()
-    page = _page_number()
-    per_page = current_app.config["PER_PAGE"]
-    query = search_query(ProjectFilters(status="submitted", sort="oldest"), public=False).options(*LIST_LOADS)
-    projects, total = paginate(query, page, per_page)
-    return_forms = {p.id: ReturnForm(formdata=None, prefix=f"return-{p.id}") for p in projects}
-    return render_template("projects/review.html", projects=projects, total=total, page=page, per_page=per_page, return_forms=return_forms)
-

@@ -23,6 +23,7 @@ from sqlalchemy import Select, and_, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from financing.accounts.models import User
+from financing.audit import services as audit
 from financing.core.errors import Conflict, Forbidden, ValidationFailed
 from financing.core.time import utcnow
 from financing.extensions import db
@@ -217,6 +218,11 @@ def _store(user: User | None, item: RateInput, stored: ExchangeRate | None) -> t
             created_by_id=user.id if user else None, created_at=utcnow(),
         )
         db.session.add(row)
+        # Flushed one by one because the audit entry needs the row's id.
+        db.session.flush()
+        audit.record(user, "create", "exchange_rate", row.id, after={
+            "base": item.base, "quote": item.quote, "rate": rate_text(item.rate), "valid_from": item.valid_from,
+        })
         return row, "added"
     if same_rate(stored.rate, item.rate):
         return stored, "unchanged"
@@ -224,6 +230,7 @@ def _store(user: User | None, item: RateInput, stored: ExchangeRate | None) -> t
         "exchange rate replaced base=%s quote=%s valid_from=%s old=%s new=%s user=%s",
         item.base, item.quote, item.valid_from, stored.rate, item.rate, user.id if user else None,
     )
+    audit.record(user, "replace", "exchange_rate", stored.id, {"rate": rate_text(stored.rate)}, {"rate": rate_text(item.rate)})
     # The row records who entered its current value and when.
     stored.rate = item.rate
     stored.created_by_id = user.id if user else None

@@ -1,14 +1,26 @@
-"""The home page: platform totals per currency, featured projects and ways to browse."""
+"""The home page, the coordinators' dashboard and the public statistics page."""
 
-from flask import Blueprint, render_template
+import logging
+
+from flask import Blueprint, current_app, render_template, request
+from flask_babel import format_date
+from flask_babel import gettext as _
+from flask_login import current_user, login_required
 from sqlalchemy import Float, case, cast, func, select
 from sqlalchemy.orm import selectinload
 
 from financing import reference
+from financing.core.errors import Forbidden
 from financing.extensions import db
 from financing.funders.models import Funder
 from financing.projects.models import FundingNeed, Project, ProjectTag
+from financing.money import check_currency
 from financing.projects.services import PUBLIC
+from financing.reporting.forms import ReportFilterForm
+from financing.reporting.report_charts import group_label, report_charts
+from financing.reporting.services import MIN_PUBLIC_DONORS, build_report, funder_choices, reporting_currencies
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("reporting", __name__)
 
@@ -109,3 +121,40 @@ def _theme_counts(tags: list[tuple[int, str, str]]) -> dict[str, int]:
                 if code in theme.sectors:
                     projects[slug].add(project_id)
     return {slug: len(ids) for slug, ids in projects.items()}
+
+
+# Dashboard and statistics
+
+
+@bp.app_template_filter("month_name")
+def month_name_filter(day) -> str:
+    return format_date(day, "MMMM yyyy")
+
+
+@bp.get("/dashboard")
+@login_required
+def dashboard():
+    if not current_user.is_coordinator:
+        raise Forbidden(_("Only coordinators and admins can open the dashboard."))
+    return _render_report("reporting/dashboard.html", public=False)
+
+
+@bp.get("/stats")
+def stats():
+    return _render_report("reporting/stats.html", public=True)
+
+
+def _render_report(template: str, public: bool):
+    default_currency = check_currency(current_app.config["REPORTING_CURRENCY"], "REPORTING_CURRENCY")
+    form = ReportFilterForm(
+        formdata=request.args, funders=funder_choices(public),
+        currencies=reporting_currencies(default_currency), default_currency=default_currency,
+    )
+    if not form.validate():
+        logger.info("report filters rejected page=%s fields=%s", request.path, ",".join(sorted(form.errors)))
+        return render_template(template, form=form, report=None, charts={}), 400
+    report = build_report(form.filters(), form.currency.data, public=public)
+    return render_template(
+        template, form=form, report=report, charts=report_charts(report),
+        group_label=group_label, min_public_donors=MIN_PUBLIC_DONORS,
+    )

@@ -1,0 +1,1 @@
+"""The coordinators' review queues: submitted and resubmitted projects, matches, pledges and disputes."""
