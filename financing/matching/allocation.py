@@ -281,6 +281,9 @@ def build_problem(
 ) -> Problem:
     """Score every funder-need pair with engine.score_pair and keep the pairs that can take money.
 
+    NOTE: the pairs are scored one by one in Python, about 56 s at 10,000 needs x 500 funders
+    (docs/benchmarks.md); the vectorised scorer keeps only each project's best need.
+
     `rate_of(funder_currency, need_currency)` returns the stored rate or None; it is asked once
     per currency pair. `rejected` contains the (project_id, funder_id) pairs whose match a coordinator rejected.
     """

@@ -351,19 +351,20 @@ def top_funders(projects: Sequence[ProjectProfile], funders: Sequence[FunderProf
         scores, evidence = score_block(block, matrix, weights)
         scores[~evidence] = -1.0
         scores[scores < np.float32(min_score) - np.float32(1e-6)] = -1.0
-        found = {}
         keep = min(limit, scores.shape[1])
         if keep < scores.shape[1]:
-            # argpartition breaks ties arbitrarily; negate the index as a tie key by sorting the cut.
             cut = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
         else:
             cut = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-        for row, project in enumerate(chunk):
-            columns = cut[row]
-            values = scores[row, columns]
-            order = np.lexsort((columns, -values))
-            found[project.id] = [(int(columns[i]), float(values[i])) for i in order if values[i] >= 0]
-        return found
+        values = np.take_along_axis(scores, cut, axis=1)
+        # Best first; among equal scores the lower funder index first.
+        order = np.lexsort((cut, -values), axis=1)
+        cut = np.take_along_axis(cut, order, axis=1)
+        values = np.take_along_axis(values, order, axis=1)
+        kept = (values >= 0).sum(axis=1)
+        columns, scored = cut.tolist(), values.tolist()
+        return {project.id: list(zip(columns[row][:kept[row]], scored[row][:kept[row]]))
+                for row, project in enumerate(chunk)}
 
     chunks = _blocks(projects, block_needs)
     workers = workers or min(len(chunks), os.cpu_count() or 1, 4)
