@@ -16,14 +16,12 @@ from financing.matching.models import Match
 from financing.pledges.models import ExchangeRate, MatchFund, Pledge, PledgeEvent
 from financing.pledges.services import act
 from financing.projects.models import Project
-from tests.test_api import (  # noqa: F401  (auth and people are fixtures)
+from tests.test_api import (
     assert_error,
-    auth,
     count,
     make_funder,
     make_pledge,
     make_project,
-    people,
     post_pledge,
     pledge_body,
     send,

@@ -10,11 +10,10 @@ from financing.accounts.models import ApiToken
 from financing.accounts.services import create_token, find_token, hash_token, normalise_scopes, revoke_token
 from financing.core.errors import NotFound, ValidationFailed
 from financing.pledges.models import Pledge
-from tests.test_api import (  # noqa: F401  (people is a fixture)
+from tests.test_api import (
     assert_error,
     make_pledge,
     make_project,
-    people,
     pledge_body,
     project_body,
     send,
