@@ -1,8 +1,8 @@
 """Time the matching engine at scale: 100,000 open needs against 2,000 funders, no database.
 
-Projects and funders come from the generator of benchmarks/allocation.py (recipient countries
+Projects and funders come from the generator of benchmarks/allocation.py: recipient countries
 weighted towards Africa and Asia-Pacific, a few themes and DAC sectors each, log-normal goals
-and tickets, three currencies); a third of the funders also get learned preference weights and
+and tickets, three currencies. A third of the funders also get learned preference weights and
 a portfolio size, as `flask match learn` gives funders imported from IATI. The script prints:
 
 - full recompute: the top 20 funders of every project with `vector.top_funders`, as
@@ -81,7 +81,7 @@ def with_learned_weights(funders: list[FunderProfile], seed: int) -> list[Funder
 
 
 def python_top(projects, funders, weights, min_score: float, top: int) -> dict[int, list[tuple[int, float]]]:
-    """The straightforward way: score every pair with score_pair in a double loop and sort."""
+    """Score every pair with score_pair in a plain double loop and sort, the straightforward way."""
     result = {}
     for project in projects:
         kept = []
@@ -95,7 +95,7 @@ def python_top(projects, funders, weights, min_score: float, top: int) -> dict[i
 
 
 def update_one(project, matrix, funders, weights, min_score: float, top: int) -> None:
-    """What run_matching does for one changed project, without the database."""
+    """Rescore one changed project as run_matching does, without the database."""
     found = vector.top_funders([project], matrix, weights, TODAY, min_score, top + engine.CANDIDATE_MARGIN, workers=1)
     for index, _ in found.get(project.id, ()):
         pair = score_pair(project, funders[index], weights, TODAY)
