@@ -2,9 +2,9 @@
 
 An owner registers, writes and submits a project, and a coordinator publishes it. A donor
 finds it with the filters and pledges. The coordinator confirms the pledge, so the progress
-bar moves and the dashboard shows the new totals. The server is the app on 127.0.0.1 with CSRF on, as
-in production. Each page is saved as a PNG under test-artifacts/browser/, at desktop and
-phone width, so that a person can look at them.
+bar moves and the dashboard shows the new totals. The server is the app on 127.0.0.1 with
+CSRF on, as in production. Each page is saved as a PNG under test-artifacts/browser/, at
+desktop and phone width, so that a person can look at them.
 """
 
 import os

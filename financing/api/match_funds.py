@@ -128,8 +128,9 @@ def fund_input(user: User, data: dict) -> MatchFundInput:
             errors[name] = f"Cap is in {money.currency}, but the total cap is in {currency}; use {currency}."
         else:
             caps[name] = amount_text(money.minor, currency)
-    if "funder_id" in data and not user.is_coordinator:
-        own = funder_for_user(user, create=False) if user.role == "donor" else None
+    # Other roles get 403 from create_match_fund, not this donor-specific 422.
+    if "funder_id" in data and user.role == "donor":
+        own = funder_for_user(user, create=False)
         if own is None or own.id != data["funder_id"]:
             errors["funder_id"] = "Donors create funds for their own funder: leave funder_id out."
     if errors:
