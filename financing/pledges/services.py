@@ -114,13 +114,13 @@ def create_pledge(
     """Create a pledge against a need; return (pledge, created).
 
     Repeating a request with the same idempotency key returns the first pledge and False.
-    Coordinators record pledges only for a named `funder`: without one, the pledge would go
-    to a funder profile made for the coordinator's own account.
+    Coordinators record pledges only for a named `funder`, because without one the pledge
+    would go to a funder profile made for the coordinator's own account.
     """
     if user.role != "donor" and not user.is_coordinator:
         raise Forbidden("Only donors can pledge.")
     if funder is None and user.role != "donor":
-        raise Forbidden("Only donors can pledge for themselves; coordinators record a pledge for a named funder.")
+        raise Forbidden("Only donors can pledge. Coordinators can record a pledge only for a named funder.")
     if idempotency_key:
         if len(idempotency_key) > 200:
             raise ValidationFailed("Idempotency key is too long.", {"Idempotency-Key": "At most 200 characters."})
