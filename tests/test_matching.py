@@ -720,9 +720,11 @@ def test_donor_sees_own_funder(db, portfolio, coordinator):
     assert total == 2
     assert {m.funder_id for m in items} == {portfolio["africa"].id}
 
-    reject_match(coordinator, items[0].id, "Not this year.")
-    _, total = list_matches(portfolio["donor"], MatchFilters(), 1, 20)
-    assert total == 1
+    rejected = reject_match(coordinator, items[0].id, "Not this year.")
+    items, total = list_matches(portfolio["donor"], MatchFilters(), 1, 20)
+    # The decision and its reason reach the funder.
+    assert total == 2
+    assert {m.id: m.review_reason for m in items}[rejected.id] == "Not this year."
 
 
 def test_donor_cannot_read_other_match(db, portfolio, coordinator):

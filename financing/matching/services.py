@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 # Statuses a coordinator may still decide on.
 OPEN_FOR_REVIEW = ("suggested", "stale")
-# Donors and owners do not see rejected matches: a rejection and its reason are the coordinators' record.
-VISIBLE_TO_PARTIES = ("suggested", "accepted", "stale")
+# Donors and owners see every match of theirs, rejected ones included, so that a
+# coordinator's decision reaches them with its reason.
+VISIBLE_TO_PARTIES = ("suggested", "accepted", "rejected", "stale")
 MAX_REASON_LENGTH = 2000
 
 
