@@ -84,13 +84,13 @@ def python_top(projects, funders, weights, min_score: float, top: int) -> dict[i
     """Score every pair with score_pair in a plain double loop and sort, the straightforward way."""
     result = {}
     for project in projects:
-        kept = []
+        passing = []
         for index, funder in enumerate(funders):
             pair = score_pair(project, funder, weights, TODAY)
             if pair.score >= min_score and has_evidence(pair):
-                kept.append((index, pair.score))
-        kept.sort(key=lambda item: (-item[1], item[0]))
-        result[project.id] = kept[:top]
+                passing.append((index, pair.score))
+        passing.sort(key=lambda item: (-item[1], item[0]))
+        result[project.id] = passing[:top]
     return result
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     top = vector.top_funders(projects, funders, weights, TODAY, min_score, args.top, workers=args.workers)
     full_seconds = time.perf_counter() - started
     rss_after = max_rss_mb()
-    kept = sum(len(found) for found in top.values())
+    suggestions = sum(len(found) for found in top.values())
 
     started = time.perf_counter()
     matrix = vector.FunderMatrix.build(funders, weights, {})
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "learned_funders": sum(1 for funder in funders if funder.learned), "seed": args.seed,
         "generate_seconds": round(generate_seconds, 2),
         "full_recompute_seconds": round(full_seconds, 2), "pairs": args.needs * args.funders,
-        "suggestions_kept": kept,
+        "suggestions_kept": suggestions,
         "funder_matrix_seconds": round(matrix_seconds, 3),
         "update_ms_median": round(statistics.median(update_times), 2),
         "update_ms_p95": round(update_times[int(0.95 * (len(update_times) - 1))], 2),
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"needs x funders         {args.needs:,} x {args.funders:,} ({len(projects):,} projects, "
           f"{figures['learned_funders']} funders with learned weights)")
     print(f"full recompute          {full_seconds:.2f} s for the top {args.top} of every project "
-          f"({kept:,} suggestions kept)")
+          f"({suggestions:,} suggestions kept)")
     print(f"one project changed     median {figures['update_ms_median']} ms, p95 {figures['update_ms_p95']} ms "
           f"(funder matrix prepared once in {matrix_seconds * 1000:.0f} ms)")
     print(f"peak memory             {figures['peak_rss_mb']} MB resident, of which {figures['rss_before_scoring_mb']} MB "

@@ -149,8 +149,8 @@ def _register_errors(app: Flask) -> None:
         message = "The database is unavailable. Try again in a minute."
         if wants_json():
             return jsonify(error_body("unavailable", message)), 503
-        # The page must not query the database again: an anonymous viewer needs no user row
-        # and sees none of the navigation counts. Flask-Login caches the user in g._login_user.
+        # The page must not query the database again, so it is rendered for an anonymous
+        # viewer, who needs no user row and no navigation counts. Flask-Login caches the user in g._login_user.
         g._login_user = login_manager.anonymous_user()
         return render_template("error.html", status=503, message=message), 503
 

@@ -200,7 +200,7 @@ PAGES = [
         "idempotency_key": "0b5b9a3e-58f2-4a4b-9d8c-2f1f6c2e7a10",
     }),
     Row("GET", "/pledges/mine", donors(200), hidden=PLEDGES_OF_OTHERS),
-    # The owner of the project sees the pledges made to it.
+    # The owner of the project may read the pledges made to it.
     Row("GET", "/pledges/{pledge}", pledge_viewers(200)),
     Row("GET", "/pledges/checkout/return?pledge={pledge}&result=paid", pledge_viewers(200)),
     Row("POST", "/pledges/{pledge}/confirm", coordinators(302)),

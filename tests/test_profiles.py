@@ -229,8 +229,8 @@ def test_learned_region_counts_country_and_region_shares():
     profile = learn([funding(str(i), 100, countries={code: None}) for i, code in enumerate(["KE", "UG", "TZ", "RW", "SN"])])
     funder = snapshot(profile)
 
-    # Kenya holds 20% of the money and the Africa region all of it: both count, and the
-    # explanation names the stronger rule, 0.8 x 1.0 for the region against 1.0 x 0.2.
+    # Kenya received 20% of the money and the Africa region all of it, so both shares count.
+    # The explanation names the stronger rule: 0.8 x 1.0 for the region against 1.0 x 0.2.
     value, reason = region_fit(project(countries={"KE"}), funder)
     assert value == pytest.approx((0.2 + 0.8 * 1.0) / 1.8)
     assert reason[:3] == ("country_in_region", "KE", "africa")

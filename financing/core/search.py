@@ -14,8 +14,8 @@ from sqlalchemy import ColumnElement, and_
 # Typographic quotes that people type as ASCII ones: "Côte d’Ivoire" is found by "d'ivoire".
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
 _SPACES = re.compile(r"\s+")
-# Maximum length of a query word, and maximum number of words used; longer words are cut
-# and further words ignored, which keeps the LIKE conditions of one query bounded.
+# Maximum length of a query word and maximum number of words used. Longer words are cut and
+# further words ignored, so the LIKE conditions of one query stay bounded.
 MAX_WORD_LENGTH = 100
 MAX_WORDS = 10
 

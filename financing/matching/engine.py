@@ -203,9 +203,9 @@ class FunderProfile:
     cover_weights: dict[str, dict[str, float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        given = self.weights or {}
+        stated = self.weights or {}
         codes = {"country": self.countries, "region": self.regions, "sector": self.sectors, "theme": self.themes}
-        weights = {kind: {code: float(given.get(kind, {}).get(code, 1.0)) for code in codes[kind]} for kind in KINDS}
+        weights = {kind: {code: float(stated.get(kind, {}).get(code, 1.0)) for code in codes[kind]} for kind in KINDS}
         category_weights: dict[str, float] = {}
         cover_weights: dict[str, dict[str, float]] = {}
         for code, weight in weights["sector"].items():

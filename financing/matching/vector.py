@@ -361,9 +361,9 @@ def top_funders(projects: Sequence[ProjectProfile], funders: Sequence[FunderProf
         order = np.lexsort((cut, -values), axis=1)
         cut = np.take_along_axis(cut, order, axis=1)
         values = np.take_along_axis(values, order, axis=1)
-        kept = (values >= 0).sum(axis=1)
+        passing = (values >= 0).sum(axis=1)
         columns, scored = cut.tolist(), values.tolist()
-        return {project.id: list(zip(columns[row][:kept[row]], scored[row][:kept[row]]))
+        return {project.id: list(zip(columns[row][:passing[row]], scored[row][:passing[row]]))
                 for row, project in enumerate(chunk)}
 
     chunks = _blocks(projects, block_needs)

@@ -328,9 +328,9 @@ def search_query(filters: ProjectFilters, public: bool = True) -> Select:
     if filters.sector:
         query = query.where(_tagged("sector", filters.sector))
     if filters.q:
-        # Every word of q, folded like Project.search_text, so that "telecom" finds "Télécom".
-        # NOTE: LIKE '%word%' uses no index, so it reads search_text of every project that the
-        # other filters leave; a pg_trgm GIN index would serve it on PostgreSQL.
+        # Every word of q is folded like Project.search_text, so that "telecom" finds "Télécom".
+        # NOTE: LIKE '%word%' uses no index, so it reads search_text of every project left by
+        # the other filters. A pg_trgm GIN index would serve it on PostgreSQL.
         words_match = matches_all_words(Project.search_text, filters.q)
         if words_match is not None:
             query = query.where(words_match)
