@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from financing.iati.importer import ImportReport, _FileImport  # noqa: E402
 from financing.iati.parser import ParseError, iter_activities  # noqa: E402
 from financing.matching import engine, profiles  # noqa: E402
-from financing.matching.engine import PARTS, MatchSettings, NeedProfile, ProjectProfile  # noqa: E402
+from financing.matching.engine import MatchSettings, NeedProfile, ProjectProfile  # noqa: E402
 from financing.matching.profiles import Funding, LearnedProfile  # noqa: E402
 
 DEFAULT_FILES = ROOT / "data" / "iati-activities"

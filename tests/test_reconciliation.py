@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from financing.core.errors import Conflict
 from financing.core.time import utcnow
-from financing.pledges import views as pledge_views
+from financing.pledges import services as pledge_services
 from financing.pledges.models import Pledge, PledgeEvent
 from financing.pledges.services import act, create_pledge
 from financing.projects.models import FundingNeed
@@ -182,14 +182,14 @@ def test_batch_names_every_stale_pledge(client, login, people, need, pledges, db
 
 def test_failure_inside_batch_rolls_back(client, login, people, need, pledges, db, monkeypatch):
     """A pledge that fails after others were changed undoes the whole batch."""
-    real_act = pledge_views.act
+    real_act = pledge_services.act
 
     def act_failing_on_last(user, pledge_id, action, amount_minor=None, reason=""):
         if pledge_id == pledges[-1].id:
             raise Conflict(f"Cannot {action} pledge {pledge_id}.", {"state": "pledged"})
         return real_act(user, pledge_id, action, amount_minor, reason)
 
-    monkeypatch.setattr(pledge_views, "act", act_failing_on_last)
+    monkeypatch.setattr(pledge_services, "act", act_failing_on_last)
     login(people.coordinator)
     before = event_count(db)
 
@@ -226,7 +226,7 @@ def test_concurrent_overlapping_batches(app, login, people, need, pledges, db, m
 
 def test_batch_skips_pledge_moved_by_earlier_one(client, login, people, need, pledges, db, monkeypatch):
     """A pledge that an earlier one of the batch confirmed, as a match-fund pledge is, is no conflict."""
-    real_act = pledge_views.act
+    real_act = pledge_services.act
 
     def act_confirming_linked(user, pledge_id, action, amount_minor=None, reason=""):
         result = real_act(user, pledge_id, action, amount_minor, reason)
@@ -234,7 +234,7 @@ def test_batch_skips_pledge_moved_by_earlier_one(client, login, people, need, pl
             real_act(user, pledges[1].id, action, amount_minor, reason)
         return result
 
-    monkeypatch.setattr(pledge_views, "act", act_confirming_linked)
+    monkeypatch.setattr(pledge_services, "act", act_confirming_linked)
     login(people.coordinator)
     before = event_count(db)
 

@@ -33,9 +33,16 @@ from financing.payments.gateway import SWITCHED_OFF, card_payments_enabled
 from financing.payments.services import create_card_pledge, refund_pledge
 from financing.payments.views import checkout_return_urls
 from financing.pledges.models import PLEDGE_STATES, Pledge, PledgeEvent
-from financing.pledges.services import act, cancel_own_pledge, create_pledge, get_pledge, visible_pledges
-# NOTE: act_on_many is a service that lives in the pages module; it belongs in pledges.services.
-from financing.pledges.views import BULK_ACTIONS, MAX_BATCH, act_on_many
+from financing.pledges.services import (
+    BULK_ACTIONS,
+    MAX_BATCH,
+    act,
+    act_on_many,
+    cancel_own_pledge,
+    create_pledge,
+    get_pledge,
+    visible_pledges,
+)
 from financing.projects.models import FundingNeed
 from financing.projects.services import paginate
 

@@ -395,3 +395,63 @@ def needs_totals(need_ids: list[int]) -> dict[int, dict[str, int]]:
 
 def today_utc() -> date:
     return utcnow().date()
+
+
+# Bulk confirmation and cancellation, used by the review pages and the API.
+
+AWAITING_CONFIRMATION = ("pledged",)
+# Actions applied to several pledges at once, and the most pledges per batch.
+BULK_ACTIONS = ("confirm", "cancel")
+MAX_BATCH = 500
+
+
+class BatchConflict(Conflict):
+    """Some pledges of a batch no longer await confirmation; `pledge_ids` lists them."""
+
+    def __init__(self, message: str, pledge_ids: list[int]):
+        super().__init__(message, {"pledge": message})
+        self.pledge_ids = pledge_ids
+
+
+def act_on_many(user: User, pledge_ids: list[int], action: str, reason: str = "") -> list[Pledge]:
+    """Confirm or cancel several pledges awaiting confirmation: all of them, or none.
+
+    On PostgreSQL the pledges are locked in id order, so two batches that share pledges wait
+    for each other instead of deadlocking. Before any pledge changes, a BatchConflict names
+    every pledge that no longer awaits confirmation. Each pledge then goes through act(),
+    which writes its own ledger row. The caller commits once, or rolls back on any error.
+    """
+    if not user.is_coordinator:
+        raise Forbidden("Only coordinators can confirm or cancel pledges.")
+    if action not in BULK_ACTIONS:
+        raise ValidationFailed(f"Unknown action {action!r}: use confirm or cancel.", {"action": f"Unknown action {action!r}."})
+    if not pledge_ids:
+        raise ValidationFailed("Select at least one pledge.", {"pledge": "Select at least one pledge."})
+    if len(set(pledge_ids)) > MAX_BATCH:
+        message = f"Select at most {MAX_BATCH} pledges at once."
+        raise ValidationFailed(message, {"pledge": message})
+    if action == "cancel" and not reason.strip():
+        raise ValidationFailed("A reason is required to cancel pledges.", {"reason": "Reason is required."})
+
+    ids = sorted(set(pledge_ids))
+    query = select(Pledge).where(Pledge.id.in_(ids)).order_by(Pledge.id).with_for_update().execution_options(populate_existing=True)
+    pledges = list(db.session.scalars(query))
+    found = {pledge.id for pledge in pledges}
+    problems = [(pledge_id, "does not exist") for pledge_id in ids if pledge_id not in found]
+    problems += [(pledge.id, f"is {pledge.state.replace('_', ' ')}") for pledge in pledges if pledge.state not in AWAITING_CONFIRMATION]
+    if problems:
+        problems.sort()
+        listed = "; ".join(f"pledge {pledge_id} {what}" for pledge_id, what in problems)
+        message = f"No pledge was changed, because {listed}. Only pledges awaiting confirmation can be confirmed or cancelled together."
+        raise BatchConflict(message, [pledge_id for pledge_id, _ in problems])
+
+    target = TRANSITIONS[("pledged", action)]
+    for pledge in pledges:
+        db.session.refresh(pledge)
+        if pledge.state == target:
+            # An earlier pledge of this batch moved it along, as confirming or cancelling a
+            # matched pledge does to the match-fund pledge that matches it.
+            continue
+        act(user, pledge.id, action, None, reason.strip())
+    logger.info("pledges %s in bulk ids=%s actor=%s", action, ",".join(map(str, ids)), user.id)
+    return pledges

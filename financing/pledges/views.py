@@ -24,7 +24,16 @@ from financing.money import MoneyError, amount_text, check_currency, format_mone
 from financing.pledges.forms import ACTION_FORMS, KIND_LABELS, ActionForm, BulkActionForm, CancelForm, DisburseForm, PledgeForm, ReviewFilterForm
 from financing.pledges.match_funds import matched_by, offer_for_need, preview_match
 from financing.pledges.models import Pledge
-from financing.pledges.services import TRANSITIONS, act, create_pledge, deadline_passed, get_pledge, need_totals
+from financing.pledges.services import (
+    AWAITING_CONFIRMATION,
+    TRANSITIONS,
+    act,
+    act_on_many,
+    create_pledge,
+    deadline_passed,
+    get_pledge,
+    need_totals,
+)
 from financing.projects.models import FundingNeed, Project
 from financing.projects.services import PUBLIC, paginate
 from financing.rates.services import currencies_with_rate_to, current_rates, rate_text
@@ -34,11 +43,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("pledges", __name__)
 
 # States in the coordinator's two queues.
-AWAITING_CONFIRMATION = ("pledged",)
 AWAITING_DISBURSEMENT = ("confirmed", "partly_disbursed")
-# Actions the review page applies to several pledges at once, and the most pledges per batch.
-BULK_ACTIONS = ("confirm", "cancel")
-MAX_BATCH = 500
 # Largest "older than" filter, in days.
 MAX_AGE_DAYS = 36_500
 # Longest id accepted from a form; 18 digits stay inside a signed 64-bit integer.
@@ -353,58 +358,6 @@ def mine():
 
 
 # The coordinator's review queues and bulk reconciliation
-
-
-class BatchConflict(Conflict):
-    """Some pledges of a batch no longer await confirmation; `pledge_ids` lists them."""
-
-    def __init__(self, message: str, pledge_ids: list[int]):
-        super().__init__(message, {"pledge": message})
-        self.pledge_ids = pledge_ids
-
-
-def act_on_many(user: User, pledge_ids: list[int], action: str, reason: str = "") -> list[Pledge]:
-    """Confirm or cancel several pledges awaiting confirmation: all of them, or none.
-
-    On PostgreSQL the pledges are locked in id order, so two batches that share pledges wait
-    for each other instead of deadlocking. Before any pledge changes, a BatchConflict names
-    every pledge that no longer awaits confirmation. Each pledge then goes through act(),
-    which writes its own ledger row. The caller commits once, or rolls back on any error.
-    """
-    if not user.is_coordinator:
-        raise Forbidden("Only coordinators can confirm or cancel pledges.")
-    if action not in BULK_ACTIONS:
-        raise ValidationFailed(f"Unknown action {action!r}: use confirm or cancel.", {"action": f"Unknown action {action!r}."})
-    if not pledge_ids:
-        raise ValidationFailed("Select at least one pledge.", {"pledge": "Select at least one pledge."})
-    if len(set(pledge_ids)) > MAX_BATCH:
-        message = f"Select at most {MAX_BATCH} pledges at once."
-        raise ValidationFailed(message, {"pledge": message})
-    if action == "cancel" and not reason.strip():
-        raise ValidationFailed("A reason is required to cancel pledges.", {"reason": "Reason is required."})
-
-    ids = sorted(set(pledge_ids))
-    query = select(Pledge).where(Pledge.id.in_(ids)).order_by(Pledge.id).with_for_update().execution_options(populate_existing=True)
-    pledges = list(db.session.scalars(query))
-    found = {pledge.id for pledge in pledges}
-    problems = [(pledge_id, "does not exist") for pledge_id in ids if pledge_id not in found]
-    problems += [(pledge.id, f"is {pledge.state.replace('_', ' ')}") for pledge in pledges if pledge.state not in AWAITING_CONFIRMATION]
-    if problems:
-        problems.sort()
-        listed = "; ".join(f"pledge {pledge_id} {what}" for pledge_id, what in problems)
-        message = f"No pledge was changed, because {listed}. Only pledges awaiting confirmation can be confirmed or cancelled together."
-        raise BatchConflict(message, [pledge_id for pledge_id, _ in problems])
-
-    target = TRANSITIONS[("pledged", action)]
-    for pledge in pledges:
-        db.session.refresh(pledge)
-        if pledge.state == target:
-            # An earlier pledge of this batch moved it along, as confirming or cancelling a
-            # matched pledge does to the match-fund pledge that matches it.
-            continue
-        act(user, pledge.id, action, None, reason.strip())
-    logger.info("pledges %s in bulk ids=%s actor=%s", action, ",".join(map(str, ids)), user.id)
-    return pledges
 
 
 def parse_id(value: object) -> int | None:

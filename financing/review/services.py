@@ -18,7 +18,7 @@ from financing.matching.models import Match
 from financing.matching.services import OPEN_FOR_REVIEW, accept_match, reject_match
 from financing.pledges.models import Pledge
 # The pledge queue and its bulk action live in the pledge views, and this module reuses them.
-from financing.pledges.views import AWAITING_CONFIRMATION, MAX_BATCH
+from financing.pledges.services import AWAITING_CONFIRMATION, MAX_BATCH
 from financing.projects.models import FundingNeed, Project
 from financing.projects.services import paginate, publish_project
 from financing.review.models import ProjectSnapshot

@@ -11,7 +11,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from financing.core.errors import Conflict, ValidationFailed
 from financing.extensions import db
-from financing.pledges.views import act_on_many, parse_id
+from financing.pledges.services import act_on_many
+from financing.pledges.views import parse_id
 from financing.projects.forms import ReturnForm
 from financing.review.forms import BulkDecisionForm
 from financing.review.services import QUEUES, decide_matches, diffs_for, publish_many, queue_counts, queue_page
