@@ -26,12 +26,16 @@ def _int_env(name: str, default: int) -> int:
 
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-# gunicorn's documentation suggests (2 x cores) + 1 workers as a starting point.
-workers = _int_env("GUNICORN_WORKERS", 2 * multiprocessing.cpu_count() + 1)
+# Processes rather than threads: a request that renders a page holds the GIL, and the other
+# threads of its worker wait for it. On 2 cores, 9 workers of 1 thread gave the same or lower
+# latency than 5 workers of 4 threads (docs/benchmarks.md), and no worker crashed.
+# NOTE: with 4 threads per worker, 3 of 8 runs of benchmarks/web.py lost workers to SIGSEGV
+# while threads rendered the browse page. The C extension at fault was not found.
+workers = _int_env("GUNICORN_WORKERS", 4 * multiprocessing.cpu_count() + 1)
 worker_class = "gthread"
 # Each thread serves one request at a time and uses one database connection while it does,
 # so a worker needs up to `threads` connections (see "Connections" in docs/deployment.md).
-threads = _int_env("GUNICORN_THREADS", 4)
+threads = _int_env("GUNICORN_THREADS", 1)
 timeout = _int_env("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _int_env("GUNICORN_KEEPALIVE", 5)

@@ -80,9 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per endpoint (default: %(default)s)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per endpoint before its run (default: %(default)s)")
 
-    parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1,
-                        help="gunicorn workers, passed as GUNICORN_WORKERS (default: 2 x cores + 1 as in gunicorn.conf.py, here %(default)s)")
-    parser.add_argument("--threads", type=int, default=4, help="threads per worker, passed as GUNICORN_THREADS (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=4 * (os.cpu_count() or 1) + 1,
+                        help="gunicorn workers, passed as GUNICORN_WORKERS (default: 4 x cores + 1 as in gunicorn.conf.py, here %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads per worker, passed as GUNICORN_THREADS (default: %(default)s, as in gunicorn.conf.py)")
 
     parser.add_argument("--schema", choices=("models", "migrations"), default="models",
                         help="build the schema from the models (db.create_all, with every index the models declare) "
@@ -91,6 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="reuse the database when it already contains --projects projects, after creating and dropping plain indexes to match the models")
     parser.add_argument("--endpoints", default="bare,api_list,browse,project",
                         help="comma-separated endpoints to measure, in order (default: %(default)s)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15",
+                        help="Redis of the production stack: page and count cache, rate limits (default: %(default)s)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="serve every request from the database (CACHE_TYPE=NullCache), to measure the uncached path")
     parser.add_argument("--explain", action="store_true", help="print the SQL statements of each page with EXPLAIN ANALYZE")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated data and of the request mix (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -115,16 +120,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # Schema --------------------------------------------------------------------------------------
 
-def app_environment(database_url: str) -> dict[str, str]:
+def app_environment(database_url: str, redis_url: str = "", cache: bool = True) -> dict[str, str]:
     """Return the environment of `flask` and gunicorn: ProductionConfig on the benchmark database.
 
-    The clients connect to gunicorn directly, so no proxy is trusted (PROXY_HOPS=0). Without
-    REDIS_URL, jobs run inline and the rate limits, which cover only login, registration and
-    token creation, count in memory.
+    The clients connect to gunicorn directly, so no proxy is trusted (PROXY_HOPS=0). With
+    REDIS_URL, as in production, Redis holds the page and count cache and the rate limits;
+    no request of the benchmark starts a job.
     """
     env = dict(os.environ)
     env.pop("REDIS_URL", None)
+    env.pop("CACHE_TYPE", None)
     env.pop("GUNICORN_CMD_ARGS", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    if not cache:
+        env["CACHE_TYPE"] = "NullCache"
     env["FINANCING_ENV"] = "production"
     env["PROXY_HOPS"] = "0"
     env["DATABASE_URL"] = database_url
@@ -507,12 +517,14 @@ def client_process(port: int, paths: list[str], threads: int, start_at: float, s
     latencies = array("d")
     statuses: Counter = Counter()
     errors: Counter = Counter()
+    hits = [0]
     lock = threading.Lock()
 
     def run(index: int) -> None:
         rng = random.Random(seed_value * 1000 + index)
         connection = http.client.HTTPConnection(HOST, port, timeout=60)
         own_latencies, own_statuses, own_errors = array("d"), Counter(), Counter()
+        own_hits = 0
         time.sleep(max(0.0, start_at - time.time()))
         stop_at = time.perf_counter() + seconds
         while time.perf_counter() < stop_at:
@@ -522,6 +534,7 @@ def client_process(port: int, paths: list[str], threads: int, start_at: float, s
                 connection.request("GET", path, headers={"Accept": "text/html,application/json"})
                 response = connection.getresponse()
                 response.read()
+                own_hits += response.getheader("X-Cache") == "hit"
             except (OSError, http.client.HTTPException) as error:
                 own_errors[type(error).__name__] += 1
                 connection.close()
@@ -533,6 +546,7 @@ def client_process(port: int, paths: list[str], threads: int, start_at: float, s
             latencies.extend(own_latencies)
             statuses.update(own_statuses)
             errors.update(own_errors)
+            hits[0] += own_hits
 
     workers = [threading.Thread(target=run, args=(index,), daemon=True) for index in range(threads)]
     for worker in workers:
@@ -540,7 +554,7 @@ def client_process(port: int, paths: list[str], threads: int, start_at: float, s
     for worker in workers:
         worker.join()
     return {"latencies": latencies.tobytes(), "statuses": dict(statuses), "errors": dict(errors),
-            "cpu_seconds": time.process_time()}
+            "cache_hits": hits[0], "cpu_seconds": time.process_time()}
 
 
 def client_signals() -> None:
@@ -568,6 +582,7 @@ def drive(port: int, paths: list[str], clients: int, processes: int, seconds: fl
     statuses: Counter = Counter()
     errors: Counter = Counter()
     client_cpu = 0.0
+    cache_hits = 0
     for result in results:
         part = array("d")
         part.frombytes(result["latencies"])
@@ -575,7 +590,9 @@ def drive(port: int, paths: list[str], clients: int, processes: int, seconds: fl
         statuses.update(result["statuses"])
         errors.update(result["errors"])
         client_cpu += result["cpu_seconds"]
-    return {"latencies": list(latencies), "statuses": statuses, "errors": errors, "client_cpu_seconds": client_cpu}
+        cache_hits += result["cache_hits"]
+    return {"latencies": list(latencies), "statuses": statuses, "errors": errors, "client_cpu_seconds": client_cpu,
+            "cache_hits": cache_hits}
 
 
 # gunicorn -----------------------------------------------------------------------------------
@@ -596,8 +613,10 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        # A worker that crashes in C code leaves its Python stack in the stderr file (faulthandler).
+        with open(self.log_path.with_suffix(".stderr"), "wb") as stderr:
+            self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env | {"PYTHONFAULTHANDLER": "1"},
+                                            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         logger.info("gunicorn %s started pid=%s port=%s log=%s", self.name, self.process.pid, self.port, self.log_path)
 
     def wait_ready(self, path: str, timeout: float = 60.0) -> None:
@@ -630,7 +649,17 @@ class Server:
         logger.info("gunicorn %s stopped", self.name)
 
 
+def clear_cache(env: dict) -> None:
+    """Start each endpoint with an empty page and count cache, as after a deployment."""
+    command = [str(Path(sys.executable).with_name("flask")), "--app", "wsgi", "cache", "clear"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
+
+
 def measure(server: Server, name: str, paths: list[str], args: argparse.Namespace) -> dict:
+    if name != "bare":
+        clear_cache(server.env)
     if args.warmup > 0:
         drive(server.port, paths, args.clients, args.client_processes, args.warmup, args.seed + 7)
     with psycopg.connect(libpq_url(args.database_url), autocommit=True) as connection:
@@ -649,6 +678,7 @@ def measure(server: Server, name: str, paths: list[str], args: argparse.Namespac
         "requests_per_second": round(requests / args.seconds, 1),
         "latency_ms": percentiles_ms(run["latencies"]),
         "non_200": requests - ok + sum(run["errors"].values()),
+        "cache_hit_percent": round(100 * run["cache_hits"] / requests, 1) if requests else None,
         "status_detail": {str(key): value for key, value in (run["statuses"] | run["errors"]).items() if key != 200},
         "cpu_ms_per_request": {
             "gunicorn": per_unit_ms(app_cpu, requests),
@@ -718,12 +748,14 @@ def print_report(figures: dict) -> None:
           f"{figures['data']['needs']} needs, {figures['data']['tags']} tags, {figures['data']['pledges']} pledges")
     print(f"gunicorn -c gunicorn.conf.py: {figures['workers']} workers x {figures['threads']} threads (gthread); "
           f"{figures['clients']} clients in {figures['client_processes']} processes; {figures['seconds']} s per endpoint")
-    print(f"{'endpoint':<10} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'non-200':>8} "
+    print(f"Cache: {'Redis ' + figures['redis_url'] if figures['cache'] else 'off (NullCache)'}, "
+          "emptied before each endpoint's warm-up")
+    print(f"{'endpoint':<10} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'non-200':>8} {'hits %':>7} "
           f"{'app CPU ms':>11} {'PG CPU ms':>10} {'load':>12}")
     for name, result in figures["endpoints"].items():
         latency, cpu = result["latency_ms"], result["cpu_ms_per_request"]
         print(f"{name:<10} {result['requests_per_second']:>8} {latency['p50']:>8} {latency['p95']:>8} {latency['p99']:>8} "
-              f"{result['non_200']:>8} {cpu['gunicorn']!s:>11} {cpu['postgres']!s:>10} "
+              f"{result['non_200']:>8} {result['cache_hit_percent']!s:>7} {cpu['gunicorn']!s:>11} {cpu['postgres']!s:>10} "
               f"{result['load_average_1min'][0]:>5}-{result['load_average_1min'][1]:<5}")
     for name, ratio in figures["ratio_to_bare"].items():
         print(f"{name}: {ratio} of the bare app's requests per second")
@@ -761,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     query_counts = explain_pages(args.database_url, data.public_ids) if args.explain else None
 
     workdir = Path(tempfile.mkdtemp(prefix="financing-web-bench-"))
-    env = app_environment(args.database_url)
+    env = app_environment(args.database_url, args.redis_url, cache=not args.no_cache)
     app_server = Server("platform", "wsgi:app", free_port(), args, env, workdir, ROOT)
     bare_server = Server("bare", "bare_app:app", free_port(), args, env, workdir, BENCHMARKS)
     load_before = [round(value, 2) for value in os.getloadavg()]
@@ -794,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers, "threads": args.threads, "clients": args.clients,
         "client_processes": args.client_processes, "seconds": args.seconds,
         "gunicorn_command": " ".join(app_server.command[2:]),
+        "redis_url": args.redis_url, "cache": not args.no_cache,
         "endpoints": results,
         "ratio_to_bare": {
             name: round(result["requests_per_second"] / bare_rate, 3)

@@ -30,6 +30,7 @@ def create_app(config: type[Config] | None = None, **overrides) -> Flask:
 
     from financing.extensions import babel, csrf, db, login_manager, migrate
     from financing import models  # noqa: F401  (registers every table)
+    from financing.core.cache import init_cache
     from financing.core.sqlite import configure_sqlite
 
     db.init_app(app)
@@ -39,6 +40,7 @@ def create_app(config: type[Config] | None = None, **overrides) -> Flask:
     csrf.init_app(app)
     babel.init_app(app)
     login_manager.init_app(app)
+    init_cache(app)
 
     from financing.web import register_web
     from financing.cli import register_commands

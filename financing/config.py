@@ -31,6 +31,15 @@ class Config:
     REDIS_URL = os.environ.get("REDIS_URL", "")
     # Jobs run inline in the request unless a Redis URL is configured.
     JOBS_INLINE = not os.environ.get("REDIS_URL")
+    # Cached public pages and list counts (financing.core.cache): in Redis when REDIS_URL is
+    # set, shared by every worker and host; otherwise in this process's memory, which suits
+    # the single process of `flask run`.
+    CACHE_TYPE = os.environ.get("CACHE_TYPE") or ("RedisCache" if REDIS_URL else "SimpleCache")
+    CACHE_REDIS_URL = REDIS_URL
+    CACHE_KEY_PREFIX = "financing:cache:"
+    CACHE_DEFAULT_TIMEOUT = int(os.environ.get("CACHE_TIMEOUT", "300"))
+    # NullCache switches the cache off; init_cache logs that instead of Flask-Caching warning.
+    CACHE_NO_NULL_WARNING = True
     STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
     STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
     STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
@@ -132,6 +141,9 @@ class ProductionConfig(Config):
     REMEMBER_COOKIE_SECURE = SESSION_COOKIE_SECURE
     PREFERRED_URL_SCHEME = os.environ.get("PREFERRED_URL_SCHEME", "https")
     STRICT_TRANSPORT_SECURITY = os.environ.get("STRICT_TRANSPORT_SECURITY", "max-age=31536000")
+    # Each gunicorn worker would keep its own memory cache and miss the others' writes, so
+    # without Redis nothing is cached.
+    CACHE_TYPE = os.environ.get("CACHE_TYPE") or ("RedisCache" if Config.REDIS_URL else "NullCache")
 
 
 class TestConfig(Config):

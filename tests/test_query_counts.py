@@ -7,6 +7,7 @@ statement per listed project (an N+1 query) or per funding need would show as a 
 import pytest
 from sqlalchemy import event
 
+from financing.core.cache import new_generation
 from financing.pledges.services import create_pledge
 from financing.projects.services import NeedInput, ProjectInput, create_project, publish_project, submit_project
 
@@ -62,11 +63,14 @@ def add_projects(db, people, count: int, needs: int = 2) -> list[int]:
 
 
 def statements_for(client, db, path: str) -> int:
+    """Count the statements of a request that finds nothing in the page or count cache."""
     client.get(path)  # a first request may load what later requests reuse
     db.session.expire_all()
+    new_generation("test")
     with StatementCounter(db.engine) as counter:
         response = client.get(path)
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    assert response.headers["X-Cache"] == "miss"
     return len(counter.statements)
 
 

@@ -15,6 +15,7 @@ from financing.api.schemas import (
     ProjectSchema,
     ReasonSchema,
 )
+from financing.core.cache import public_page
 from financing.core.errors import ValidationFailed
 from financing.extensions import db
 from financing.projects.models import Project
@@ -81,6 +82,7 @@ def _project_response(project: Project):
 
 
 @bp.get("/v1/projects")
+@public_page
 @operation(
     "List projects", "projects", query=ProjectListArgsSchema, response=ProjectPageSchema, errors=(401,),
     description="Anonymous users, owners and donors see published, funded and closed projects; "
@@ -97,10 +99,12 @@ def list_projects():
         if user.organisation_id is None:
             return jsonify(page_response(project_schema, [], 0, args))
         filters.organisation_id = user.organisation_id
+        public = False
         query = search_query(filters, public=False).order_by(None).order_by(Project.updated_at.desc(), Project.id.desc())
     else:
-        query = search_query(filters, public=not (user is not None and user.is_coordinator))
-    items, total = paginate(query.options(*LIST_LOADS), args["page"], args["per_page"])
+        public = not (user is not None and user.is_coordinator)
+        query = search_query(filters, public=public)
+    items, total = paginate(query.options(*LIST_LOADS), args["page"], args["per_page"], count_key=("projects", public, filters))
     return jsonify(page_response(project_schema, items, total, args))
 
 
@@ -119,6 +123,7 @@ def create_project_view():
 
 
 @bp.get(f"/v1/projects/<{ID}:project_id>")
+@public_page
 @operation(
     "Read a project", "projects", response=ProjectSchema, errors=(404,),
     description="Unpublished projects are visible only to their organisation and to coordinators.",

@@ -9,12 +9,14 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
 
+from financing.core.cache import public_page
 from financing.core.errors import Conflict, ValidationFailed
 from financing.extensions import db
 from financing.pledges.services import deadline_passed, needs_totals
 from financing.projects.forms import EMPTY_NEED_ROWS, STATUS_LABELS, ProjectFilterForm, ProjectForm, ReturnForm, form_data_of
 from financing.projects.models import Project
 from financing.projects.services import (
+    DETAIL_LOADS,
     EDITABLE,
     LIST_LOADS,
     ProjectFilters,
@@ -71,6 +73,7 @@ def _page_number() -> int:
 # Browse and detail -----------------------------------------------------------------------
 
 @bp.get("/projects")
+@public_page
 def browse():
     form = ProjectFilterForm(formdata=request.args)
     if not form.validate():
@@ -88,15 +91,17 @@ def browse():
     )
     page = form.page.data or 1
     per_page = current_app.config["PER_PAGE"]
-    projects, total = paginate(search_query(filters, public=True).options(*LIST_LOADS), page, per_page)
+    query = search_query(filters, public=True).options(*LIST_LOADS)
+    projects, total = paginate(query, page, per_page, count_key=("projects", True, filters))
     return render_template(
         "projects/browse.html", form=form, projects=projects, total=total, page=page, per_page=per_page, invalid=False,
     )
 
 
 @bp.get("/projects/<int:project_id>")
+@public_page
 def detail(project_id: int):
-    return _render_detail(get_project(project_id, _viewer()))
+    return _render_detail(get_project(project_id, _viewer(), loads=DETAIL_LOADS))
 
 
 def _render_detail(project: Project, return_form: ReturnForm | None = None):
@@ -104,6 +109,11 @@ def _render_detail(project: Project, return_form: ReturnForm | None = None):
     is_owner = viewer.role == "owner" and viewer.organisation_id == project.organisation_id
     totals = needs_totals([need.id for need in project.needs])
     needs = [_need_view(need, project, viewer, totals[need.id]) for need in project.needs]
+    can_review = viewer.is_coordinator and project.status == "submitted"
+    if can_review and return_form is None:
+        # Built only when shown: a form writes a CSRF token to the session, which keeps the
+        # page out of the page cache (financing.core.cache).
+        return_form = ReturnForm(formdata=None, prefix=f"return-{project.id}")
     return render_template(
         "projects/detail.html",
         project=project,
@@ -112,8 +122,8 @@ def _render_detail(project: Project, return_form: ReturnForm | None = None):
         can_edit=is_owner and project.status in EDITABLE,
         can_submit=is_owner and project.status in SUBMITTABLE,
         can_withdraw=is_owner and project.status in WITHDRAWABLE,
-        can_review=viewer.is_coordinator and project.status == "submitted",
-        return_form=return_form or ReturnForm(formdata=None, prefix=f"return-{project.id}"),
+        can_review=can_review,
+        return_form=return_form,
     )
 
 

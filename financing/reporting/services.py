@@ -635,7 +635,8 @@ def build_report(filters: ReportFilters, currency: str, *, public: bool, today: 
     """
     # NOTE: with 100,000 projects benchmarks/dashboards.py measured about 3 s per report on
     # PostgreSQL 15 and 5 to 8 s on SQLite, on 2 shared cores under a load average near 5.
-    # Nothing is cached, so every page view runs all the queries again.
+    # The pages cache the report until the next write (financing.core.cache), so only the
+    # first view after a write waits that long.
     check_filters(filters, public)
     started = time.perf_counter()
     today = today or utcnow().date()

@@ -10,6 +10,7 @@ from sqlalchemy import Float, case, cast, func, select
 from sqlalchemy.orm import selectinload
 
 from financing import reference
+from financing.core.cache import cached_value, public_page
 from financing.core.errors import Forbidden
 from financing.extensions import db
 from financing.funders.models import Funder
@@ -28,6 +29,7 @@ FEATURED_COUNT = 3
 
 
 @bp.get("/")
+@public_page
 def home():
     tags = _public_tags()
     return render_template(
@@ -140,6 +142,7 @@ def dashboard():
 
 
 @bp.get("/stats")
+@public_page
 def stats():
     return _render_report("reporting/stats.html", public=True)
 
@@ -153,7 +156,10 @@ def _render_report(template: str, public: bool):
     if not form.validate():
         logger.info("report filters rejected page=%s fields=%s", request.path, ",".join(sorted(form.errors)))
         return render_template(template, form=form, report=None, charts={}), 400
-    report = build_report(form.filters(), form.currency.data, public=public)
+    filters, currency = form.filters(), form.currency.data
+    report = cached_value(
+        ("report", filters, currency, public), lambda: build_report(filters, currency, public=public),
+    )
     return render_template(
         template, form=form, report=report, charts=report_charts(report),
         group_label=group_label, min_public_donors=MIN_PUBLIC_DONORS,
