@@ -26,9 +26,9 @@ def _int_env(name: str, default: int) -> int:
 
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-# Processes rather than threads: a request that renders a page holds the GIL, and the other
-# threads of its worker wait for it. On 2 cores, 9 workers of 1 thread gave the same or lower
-# latency than 5 workers of 4 threads (docs/benchmarks.md), and no worker crashed.
+# Processes rather than threads: a request that renders a page keeps the GIL, and the other
+# threads of its worker wait for it. On 2 cores, 9 workers of 1 thread gave latencies close
+# to those of 5 workers of 4 threads (docs/benchmarks.md), and no worker crashed.
 # NOTE: with 4 threads per worker, 3 of 8 runs of benchmarks/web.py lost workers to SIGSEGV
 # while threads rendered the browse page. The C extension at fault was not found.
 workers = _int_env("GUNICORN_WORKERS", 4 * multiprocessing.cpu_count() + 1)

@@ -124,7 +124,7 @@ def app_environment(database_url: str, redis_url: str = "", cache: bool = True) 
     """Return the environment of `flask` and gunicorn: ProductionConfig on the benchmark database.
 
     The clients connect to gunicorn directly, so no proxy is trusted (PROXY_HOPS=0). With
-    REDIS_URL, as in production, Redis holds the page and count cache and the rate limits;
+    REDIS_URL, as in production, Redis stores the page and count cache and the rate limits;
     no request of the benchmark starts a job.
     """
     env = dict(os.environ)
@@ -515,16 +515,17 @@ def client_process(port: int, paths: list[str], threads: int, start_at: float, s
     import threading
 
     latencies = array("d")
+    # Latencies of the responses with X-Cache: hit and with X-Cache: miss.
+    by_cache_state = {"hit": array("d"), "miss": array("d")}
     statuses: Counter = Counter()
     errors: Counter = Counter()
-    hits = [0]
     lock = threading.Lock()
 
     def run(index: int) -> None:
         rng = random.Random(seed_value * 1000 + index)
         connection = http.client.HTTPConnection(HOST, port, timeout=60)
         own_latencies, own_statuses, own_errors = array("d"), Counter(), Counter()
-        own_hits = 0
+        own_by_cache_state = {"hit": array("d"), "miss": array("d")}
         time.sleep(max(0.0, start_at - time.time()))
         stop_at = time.perf_counter() + seconds
         while time.perf_counter() < stop_at:
@@ -534,19 +535,23 @@ def client_process(port: int, paths: list[str], threads: int, start_at: float, s
                 connection.request("GET", path, headers={"Accept": "text/html,application/json"})
                 response = connection.getresponse()
                 response.read()
-                own_hits += response.getheader("X-Cache") == "hit"
             except (OSError, http.client.HTTPException) as error:
                 own_errors[type(error).__name__] += 1
                 connection.close()
                 continue
-            own_latencies.append(time.perf_counter() - started)
+            latency = time.perf_counter() - started
+            own_latencies.append(latency)
+            cache_state = response.getheader("X-Cache")
+            if cache_state in own_by_cache_state:
+                own_by_cache_state[cache_state].append(latency)
             own_statuses[response.status] += 1
         connection.close()
         with lock:
             latencies.extend(own_latencies)
             statuses.update(own_statuses)
             errors.update(own_errors)
-            hits[0] += own_hits
+            for state, values in own_by_cache_state.items():
+                by_cache_state[state].extend(values)
 
     workers = [threading.Thread(target=run, args=(index,), daemon=True) for index in range(threads)]
     for worker in workers:
@@ -554,7 +559,8 @@ def client_process(port: int, paths: list[str], threads: int, start_at: float, s
     for worker in workers:
         worker.join()
     return {"latencies": latencies.tobytes(), "statuses": dict(statuses), "errors": dict(errors),
-            "cache_hits": hits[0], "cpu_seconds": time.process_time()}
+            "by_cache_state": {state: values.tobytes() for state, values in by_cache_state.items()},
+            "cpu_seconds": time.process_time()}
 
 
 def client_signals() -> None:
@@ -582,7 +588,7 @@ def drive(port: int, paths: list[str], clients: int, processes: int, seconds: fl
     statuses: Counter = Counter()
     errors: Counter = Counter()
     client_cpu = 0.0
-    cache_hits = 0
+    by_cache_state = {"hit": array("d"), "miss": array("d")}
     for result in results:
         part = array("d")
         part.frombytes(result["latencies"])
@@ -590,9 +596,10 @@ def drive(port: int, paths: list[str], clients: int, processes: int, seconds: fl
         statuses.update(result["statuses"])
         errors.update(result["errors"])
         client_cpu += result["cpu_seconds"]
-        cache_hits += result["cache_hits"]
+        for state, values in result["by_cache_state"].items():
+            by_cache_state[state].frombytes(values)
     return {"latencies": list(latencies), "statuses": statuses, "errors": errors, "client_cpu_seconds": client_cpu,
-            "cache_hits": cache_hits}
+            "by_cache_state": {state: list(values) for state, values in by_cache_state.items()}}
 
 
 # gunicorn -----------------------------------------------------------------------------------
@@ -678,7 +685,9 @@ def measure(server: Server, name: str, paths: list[str], args: argparse.Namespac
         "requests_per_second": round(requests / args.seconds, 1),
         "latency_ms": percentiles_ms(run["latencies"]),
         "non_200": requests - ok + sum(run["errors"].values()),
-        "cache_hit_percent": round(100 * run["cache_hits"] / requests, 1) if requests else None,
+        "cache_hit_percent": round(100 * len(run["by_cache_state"]["hit"]) / requests, 1) if requests else None,
+        "latency_ms_cache_hits": percentiles_ms(run["by_cache_state"]["hit"]),
+        "latency_ms_cache_misses": percentiles_ms(run["by_cache_state"]["miss"]),
         "status_detail": {str(key): value for key, value in (run["statuses"] | run["errors"]).items() if key != 200},
         "cpu_ms_per_request": {
             "gunicorn": per_unit_ms(app_cpu, requests),
@@ -757,6 +766,13 @@ def print_report(figures: dict) -> None:
         print(f"{name:<10} {result['requests_per_second']:>8} {latency['p50']:>8} {latency['p95']:>8} {latency['p99']:>8} "
               f"{result['non_200']:>8} {result['cache_hit_percent']!s:>7} {cpu['gunicorn']!s:>11} {cpu['postgres']!s:>10} "
               f"{result['load_average_1min'][0]:>5}-{result['load_average_1min'][1]:<5}")
+    print("Latency by cache state, ms (p50 / p95 / p99):")
+    for name, result in figures["endpoints"].items():
+        if name == "bare":
+            continue
+        hits, misses = result["latency_ms_cache_hits"], result["latency_ms_cache_misses"]
+        print(f"{name:<10} hits {hits['p50']} / {hits['p95']} / {hits['p99']}; "
+              f"misses {misses['p50']} / {misses['p95']} / {misses['p99']}")
     for name, ratio in figures["ratio_to_bare"].items():
         print(f"{name}: {ratio} of the bare app's requests per second")
     for name, met in figures["targets_met"].items():
