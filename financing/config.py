@@ -31,14 +31,14 @@ class Config:
     REDIS_URL = os.environ.get("REDIS_URL", "")
     # Jobs run inline in the request unless a Redis URL is configured.
     JOBS_INLINE = not os.environ.get("REDIS_URL")
-    # Cached public pages and list counts (financing.core.cache): in Redis when REDIS_URL is
-    # set, shared by every worker and host; otherwise in this process's memory, which suits
-    # the single process of `flask run`.
+    # Cached public pages and list counts (financing.core.cache) live in Redis when REDIS_URL
+    # is set, so every worker and host shares them. Otherwise they live in this process's
+    # memory, which suits the single process of `flask run`.
     CACHE_TYPE = os.environ.get("CACHE_TYPE") or ("RedisCache" if REDIS_URL else "SimpleCache")
     CACHE_REDIS_URL = REDIS_URL
     CACHE_KEY_PREFIX = "financing:cache:"
     CACHE_DEFAULT_TIMEOUT = int(os.environ.get("CACHE_TIMEOUT", "300"))
-    # NullCache switches the cache off; init_cache logs that instead of Flask-Caching warning.
+    # NullCache switches the cache off, and init_cache logs that in place of Flask-Caching's warning.
     CACHE_NO_NULL_WARNING = True
     STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
     STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")

@@ -64,7 +64,10 @@ UNSTORED_HEADERS = frozenset({"set-cookie", "x-cache"})
 # Generation ----------------------------------------------------------------------------
 
 def generation() -> str | None:
-    """Return the current generation, starting one when the cache has none (None without a cache)."""
+    """Return the current generation, starting one when the cache has none.
+
+    Return None when the cache stores nothing (NullCache).
+    """
     value = cache.get(GENERATION_KEY)
     if value is None:
         cache.add(GENERATION_KEY, secrets.token_hex(8), timeout=0)
@@ -82,18 +85,18 @@ def new_generation(reason: str) -> None:
 
 
 def _writes_tracked_rows(session: Session) -> bool:
-    for instance in chain(session.new, session.dirty, session.deleted):
-        table = getattr(instance, "__tablename__", None)
-        if table not in UNTRACKED_TABLES:
-            return True
-    return False
+    instances = chain(session.new, session.dirty, session.deleted)
+    return any(getattr(instance, "__tablename__", None) not in UNTRACKED_TABLES for instance in instances)
 
 
 def _statement_writes(statement) -> bool:
+    """Tell whether an executed statement may write rows of a tracked table."""
     if isinstance(statement, TextClause):
         words = statement.text.split(None, 1)
         return bool(words) and words[0].lower() not in READ_ONLY_SQL
-    return not getattr(statement, "is_select", False)
+    if getattr(statement, "is_select", False):
+        return False
+    return getattr(getattr(statement, "table", None), "name", None) not in UNTRACKED_TABLES
 
 
 @event.listens_for(Session, "after_flush")
@@ -105,9 +108,7 @@ def _note_flush(session: Session, flush_context) -> None:
 @event.listens_for(Session, "do_orm_execute")
 def _note_statement(state) -> None:
     if not state.session.info.get(PENDING) and _statement_writes(state.statement):
-        table = getattr(getattr(state.statement, "table", None), "name", None)
-        if table not in UNTRACKED_TABLES:
-            state.session.info[PENDING] = True
+        state.session.info[PENDING] = True
 
 
 @event.listens_for(Session, "after_commit")
