@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Redis of the production stack: page and count cache, rate limits (default: %(default)s)")
     parser.add_argument("--no-cache", action="store_true",
                         help="serve every request from the database (CACHE_TYPE=NullCache), to measure the uncached path")
+    parser.add_argument("--pledges-per-second", type=float, default=0.0,
+                        help="while each page is measured, make and confirm this many pledges per second with "
+                             "benchmarks/pledge_writer.py, as a platform in use does (default: %(default)s)")
     parser.add_argument("--explain", action="store_true", help="print the SQL statements of each page with EXPLAIN ANALYZE")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated data and of the request mix (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -103,8 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("projects", "clients", "client_processes", "workers", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
-    if args.seconds <= 0 or args.warmup < 0:
-        parser.error("--seconds must be positive and --warmup not negative")
+    if args.seconds <= 0 or args.warmup < 0 or args.pledges_per_second < 0:
+        parser.error("--seconds must be positive, and --warmup and --pledges-per-second not negative")
     args.client_processes = min(args.client_processes, args.clients)
     url = make_url(args.database_url)
     if not url.drivername.startswith("postgresql"):
@@ -664,18 +667,43 @@ def clear_cache(env: dict) -> None:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
 
 
+class PledgeWriter:
+    """benchmarks/pledge_writer.py in a child process with the environment of gunicorn."""
+
+    def __init__(self, rate: float, env: dict, seed: int, log: Path):
+        command = [sys.executable, str(BENCHMARKS / "pledge_writer.py"), "--rate", str(rate), "--seed", str(seed)]
+        with log.open("a") as stderr:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        line = self.process.stdout.readline().strip()
+        if line != "ready":
+            self.process.kill()
+            raise SystemExit(f"{' '.join(command)} did not start ({line!r}); see {log}")
+
+    def stop(self) -> dict:
+        self.process.send_signal(signal.SIGTERM)
+        output, _ = self.process.communicate(timeout=60)
+        lines = output.strip().splitlines()
+        return json.loads(lines[-1]) if lines else {"error": f"exit status {self.process.returncode}"}
+
+
 def measure(server: Server, name: str, paths: list[str], args: argparse.Namespace) -> dict:
-    if name != "bare":
-        clear_cache(server.env)
-    if args.warmup > 0:
-        drive(server.port, paths, args.clients, args.client_processes, args.warmup, args.seed + 7)
-    with psycopg.connect(libpq_url(args.database_url), autocommit=True) as connection:
-        app_meter = CpuMeter(lambda: process_tree(server.process.pid)).start()
-        database_meter = CpuMeter(lambda: backend_pids(connection)).start()
-        cpu_before, load_before = cpu_times(), os.getloadavg()
-        run = drive(server.port, paths, args.clients, args.client_processes, args.seconds, args.seed)
-        cpu_after, load_after = cpu_times(), os.getloadavg()
-        app_cpu, database_cpu = app_meter.stop(), database_meter.stop()
+    writer = None
+    if name != "bare" and args.pledges_per_second > 0:
+        writer = PledgeWriter(args.pledges_per_second, server.env, args.seed, server.log_path.with_name("pledge-writer.stderr"))
+    try:
+        if name != "bare":
+            clear_cache(server.env)
+        if args.warmup > 0:
+            drive(server.port, paths, args.clients, args.client_processes, args.warmup, args.seed + 7)
+        with psycopg.connect(libpq_url(args.database_url), autocommit=True) as connection:
+            app_meter = CpuMeter(lambda: process_tree(server.process.pid)).start()
+            database_meter = CpuMeter(lambda: backend_pids(connection)).start()
+            cpu_before, load_before = cpu_times(), os.getloadavg()
+            run = drive(server.port, paths, args.clients, args.client_processes, args.seconds, args.seed)
+            cpu_after, load_after = cpu_times(), os.getloadavg()
+            app_cpu, database_cpu = app_meter.stop(), database_meter.stop()
+    finally:
+        writes = writer.stop() if writer is not None else None
     requests = sum(run["statuses"].values())
     ok = run["statuses"].get(200, 0)
     return {
@@ -696,6 +724,7 @@ def measure(server: Server, name: str, paths: list[str], args: argparse.Namespac
         },
         "cpu_busy_percent": busy_percent(cpu_before, cpu_after),
         "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
+        "pledge_writer": writes,
     }
 
 
@@ -759,6 +788,10 @@ def print_report(figures: dict) -> None:
           f"{figures['clients']} clients in {figures['client_processes']} processes; {figures['seconds']} s per endpoint")
     print(f"Cache: {'Redis ' + figures['redis_url'] if figures['cache'] else 'off (NullCache)'}, "
           "emptied before each endpoint's warm-up")
+    if figures["pledges_per_second"]:
+        made = {name: result["pledge_writer"] for name, result in figures["endpoints"].items() if result.get("pledge_writer")}
+        print(f"Pledges made and confirmed during each page's run, {figures['pledges_per_second']} per second asked: "
+              + "; ".join(f"{name} {writes.get('pledges_per_second')}/s, {writes.get('failed')} failed" for name, writes in made.items()))
     print(f"{'endpoint':<10} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'non-200':>8} {'hits %':>7} "
           f"{'app CPU ms':>11} {'PG CPU ms':>10} {'load':>12}")
     for name, result in figures["endpoints"].items():
@@ -842,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers, "threads": args.threads, "clients": args.clients,
         "client_processes": args.client_processes, "seconds": args.seconds,
         "gunicorn_command": " ".join(app_server.command[2:]),
-        "redis_url": args.redis_url, "cache": not args.no_cache,
+        "redis_url": args.redis_url, "cache": not args.no_cache, "pledges_per_second": args.pledges_per_second,
         "endpoints": results,
         "ratio_to_bare": {
             name: round(result["requests_per_second"] / bare_rate, 3)

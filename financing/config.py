@@ -36,10 +36,15 @@ class Config:
     # memory, which suits the single process of `flask run`.
     CACHE_TYPE = os.environ.get("CACHE_TYPE") or ("RedisCache" if REDIS_URL else "SimpleCache")
     CACHE_REDIS_URL = REDIS_URL
-    CACHE_KEY_PREFIX = "financing:cache:"
+    # The number names the format of the stored entries and generations. Raise it when they
+    # change, so that a deployment never reads what an older version stored.
+    CACHE_KEY_PREFIX = "financing:cache:2:"
     CACHE_DEFAULT_TIMEOUT = int(os.environ.get("CACHE_TIMEOUT", "300"))
     # NullCache switches the cache off, and init_cache logs that in place of Flask-Caching's warning.
     CACHE_NO_NULL_WARNING = True
+    # Seconds that the cached anonymous pages of totals across projects (home, /stats) may
+    # lag behind pledges; 0 keeps them exact.
+    CACHE_TOTALS_LAG = int(os.environ.get("CACHE_TOTALS_LAG", "0"))
     STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
     STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
     STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
@@ -144,6 +149,9 @@ class ProductionConfig(Config):
     # Each gunicorn worker would keep its own memory cache and miss the others' writes, so
     # without Redis nothing is cached.
     CACHE_TYPE = os.environ.get("CACHE_TYPE") or ("RedisCache" if Config.REDIS_URL else "NullCache")
+    # Computing /stats takes about 3 s and the home page 0.1 s at 100,000 projects, and a
+    # platform in use takes pledges every few seconds (docs/benchmarks.md).
+    CACHE_TOTALS_LAG = int(os.environ.get("CACHE_TOTALS_LAG", "30"))
 
 
 class TestConfig(Config):

@@ -4,7 +4,7 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, text, update
 
 from financing import create_app
 from financing.accounts.models import User
@@ -26,9 +26,9 @@ PUBLIC_PATHS = (
 )
 
 
-def publish(db, people, title: str, goal_minor: int = 5_000_000) -> int:
+def publish(db, people, title: str, goal_minor: int = 5_000_000, country: str = "KE") -> int:
     data = ProjectInput(
-        title=title, summary="Towers and fibre for rural counties.", countries=["KE"], themes=["broadband"],
+        title=title, summary="Towers and fibre for rural counties.", countries=[country], themes=["broadband"],
         sectors=["22020"], needs=[NeedInput(title="Towers", goal_minor=goal_minor, currency="EUR")],
     )
     project = create_project(people.owner, data)
@@ -197,16 +197,16 @@ def test_sql_text_write_replaces_generation(client, db, people):
     assert "Renamed by SQL" in client.get("/projects").get_data(as_text=True)
 
 
-@pytest.mark.parametrize(("sql", "writes"), [
-    ("SELECT 1", False),
-    ("  with x as (select 1) select * from x", False),
-    ("SELECT pg_advisory_xact_lock(1, 2)", False),
-    ("UPDATE project SET title = 'x'", True),
-    ("DELETE FROM pledge", True),
-    ("TRUNCATE project", True),
+@pytest.mark.parametrize(("sql", "scope"), [
+    ("SELECT 1", None),
+    ("  with x as (select 1) select * from x", None),
+    ("SELECT pg_advisory_xact_lock(1, 2)", None),
+    ("UPDATE project SET title = 'x'", "all"),
+    ("DELETE FROM pledge", "all"),
+    ("TRUNCATE project", "all"),
 ])
-def test_sql_text_read_or_write(sql, writes):
-    assert page_cache._statement_writes(text(sql)) is writes
+def test_sql_text_read_or_write(db, sql, scope):
+    assert page_cache._statement_scope(db.session, text(sql), {}) == scope
 
 
 def test_cache_clear_command(app, client, db, people):
@@ -342,3 +342,247 @@ def test_page_key_changes_with_day(client, db, people, monkeypatch):
     monkeypatch.setattr(page_cache, "_utc_day", lambda: "2026-12-05")
 
     assert client.get("/projects").headers["X-Cache"] == "miss"
+
+
+# Funding writes ------------------------------------------------------------------------
+
+def need_of(db, project_id: int) -> int:
+    from financing.projects.models import Project
+    return db.session.get(Project, project_id).needs[0].id
+
+
+def confirm_pledge(db, people, project_id: int, amount_minor: int) -> None:
+    pledge, _ = create_pledge(people.donor, need_of(db, project_id), amount_minor, "EUR")
+    db.session.commit()
+    transition(pledge.id, "confirm", people.coordinator)
+    db.session.commit()
+
+
+@pytest.fixture
+def kenya_and_ghana(db, people):
+    """Two published projects, and a first pledge that made the donor's funder profile."""
+    kenya = publish(db, people, "Rural broadband for Turkana", goal_minor=4_000_000, country="KE")
+    ghana = publish(db, people, "School connectivity in Volta", goal_minor=4_000_000, country="GH")
+    confirm_pledge(db, people, ghana, 100_000)
+    return SimpleNamespace(kenya=kenya, ghana=ghana)
+
+
+def test_pledge_keeps_pages_of_other_projects(client, db, people, kenya_and_ghana):
+    kenya, ghana = kenya_and_ghana.kenya, kenya_and_ghana.ghana
+    paths = {
+        "kenya page": f"/projects/{kenya}", "ghana page": f"/projects/{ghana}",
+        "kenya api": f"/api/v1/projects/{kenya}", "ghana api": f"/api/v1/projects/{ghana}",
+        "kenya list": "/projects?country=KE", "ghana list": "/api/v1/projects?country=GH",
+        "both": "/projects", "stats": "/stats?currency=EUR", "home": "/",
+    }
+    for path in paths.values():
+        assert client.get(path).status_code == 200
+        assert client.get(path).headers["X-Cache"] == "hit", path
+
+    confirm_pledge(db, people, kenya, 1_000_000)
+
+    after = {name: client.get(path) for name, path in paths.items()}
+    assert {name: response.headers["X-Cache"] for name, response in after.items()} == {
+        "kenya page": "miss", "ghana page": "hit", "kenya api": "miss", "ghana api": "hit",
+        "kenya list": "miss", "ghana list": "hit", "both": "miss", "stats": "miss", "home": "miss",
+    }
+    assert "25%" in after["kenya page"].get_data(as_text=True)
+    assert after["kenya api"].get_json()["needs"][0]["pledged"] == {"amount": "10000.00", "currency": "EUR"}
+
+
+def test_pledge_keeps_cached_counts(client, db, people, kenya_and_ghana):
+    client.get("/api/v1/projects?theme=broadband")
+    confirm_pledge(db, people, kenya_and_ghana.kenya, 1_000_000)
+
+    response, statements = count_statements(db, lambda: client.get("/api/v1/projects?theme=broadband"))
+
+    assert response.headers["X-Cache"] == "miss"
+    assert response.get_json()["total"] == 2
+    assert not any("count(" in statement.lower() for statement in statements)
+
+
+def test_funding_pledge_updates_status_lists(client, db, people, kenya_and_ghana):
+    assert client.get("/api/v1/projects?status=funded").get_json()["total"] == 0
+    client.get(f"/projects/{kenya_and_ghana.ghana}")
+
+    confirm_pledge(db, people, kenya_and_ghana.kenya, 4_000_000)
+
+    funded = client.get("/api/v1/projects?status=funded").get_json()
+    assert (funded["total"], funded["items"][0]["id"]) == (1, kenya_and_ghana.kenya)
+    # The project row changed, which replaces every generation.
+    assert client.get(f"/projects/{kenya_and_ghana.ghana}").headers["X-Cache"] == "miss"
+
+
+def test_unscoped_need_update_replaces_everything(client, db, people, kenya_and_ghana):
+    from financing.projects.models import FundingNeed
+    ghana_page = f"/projects/{kenya_and_ghana.ghana}"
+    client.get(ghana_page)
+    db.session.execute(
+        update(FundingNeed).where(FundingNeed.id == need_of(db, kenya_and_ghana.kenya)).values(pledged_minor=5)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+
+    assert client.get(ghana_page).headers["X-Cache"] == "miss"
+
+
+def test_pledge_without_loaded_need_replaces_all(client, db, people, kenya_and_ghana):
+    from financing.pledges.models import Pledge
+    ghana_page = f"/projects/{kenya_and_ghana.ghana}"
+    pledge, _ = create_pledge(people.donor, need_of(db, kenya_and_ghana.kenya), 1_000, "EUR")
+    db.session.commit()
+    pledge_id = pledge.id
+    client.get(ghana_page)
+    db.session.expunge_all()
+    db.session.get(Pledge, pledge_id).disputed = True
+    db.session.commit()
+
+    assert client.get(ghana_page).headers["X-Cache"] == "miss"
+
+
+def test_write_during_render_is_not_stored(client, db, people, kenya_and_ghana, monkeypatch):
+    from financing.projects import views
+    path = f"/projects/{kenya_and_ghana.kenya}"
+    original = views.needs_totals
+
+    def totals_then_write(need_ids):
+        # Another worker commits a pledge after this request read the project's rows.
+        totals = original(need_ids)
+        page_cache.new_project_generations([kenya_and_ghana.kenya], "test")
+        return totals
+
+    monkeypatch.setattr(views, "needs_totals", totals_then_write)
+    assert client.get(path).headers["X-Cache"] == "miss"
+    monkeypatch.setattr(views, "needs_totals", original)
+
+    assert client.get(path).headers["X-Cache"] == "miss"
+    assert client.get(path).headers["X-Cache"] == "hit"
+
+
+def test_other_project_write_keeps_render(client, db, people, kenya_and_ghana, monkeypatch):
+    from financing.projects import views
+    path = f"/projects/{kenya_and_ghana.kenya}"
+    original = views.needs_totals
+
+    def totals_then_write(need_ids):
+        totals = original(need_ids)
+        page_cache.new_project_generations([kenya_and_ghana.ghana], "test")
+        return totals
+
+    monkeypatch.setattr(views, "needs_totals", totals_then_write)
+    assert client.get(path).headers["X-Cache"] == "miss"
+
+    assert client.get(path).headers["X-Cache"] == "hit"
+
+
+def test_restarted_counter_replaces_everything(app, client, db, people, kenya_and_ghana):
+    path = f"/projects/{kenya_and_ghana.ghana}"
+    client.get(path)
+    with app.app_context():
+        page_cache.cache.delete(page_cache.SEQUENCE_KEY)
+        page_cache.new_project_generations([kenya_and_ghana.kenya], "test")
+
+    assert client.get(path).headers["X-Cache"] == "miss"
+
+
+def test_lost_project_generation_forces_miss(app, client, db, people, kenya_and_ghana):
+    path = f"/projects/{kenya_and_ghana.kenya}"
+    client.get(path)
+    with app.app_context():
+        page_cache.cache.delete(page_cache.project_key(kenya_and_ghana.kenya))
+
+    assert client.get(path).headers["X-Cache"] == "miss"
+    assert client.get(path).headers["X-Cache"] == "hit"
+
+
+def test_empty_list_outlives_pledges(client, db, people, kenya_and_ghana):
+    client.get("/projects?country=BR")
+    confirm_pledge(db, people, kenya_and_ghana.kenya, 1_000_000)
+
+    assert client.get("/projects?country=BR").headers["X-Cache"] == "hit"
+
+
+def test_first_pledge_of_donor_keeps_other_pages(client, db, people):
+    kenya = publish(db, people, "Rural broadband for Turkana", country="KE")
+    ghana = publish(db, people, "School connectivity in Volta", country="GH")
+    assert people.donor.id
+    for path in (f"/projects/{ghana}", "/"):
+        client.get(path)
+
+    # The donor has no funder profile yet, so this pledge also creates one.
+    confirm_pledge(db, people, kenya, 1_000_000)
+
+    assert client.get(f"/projects/{ghana}").headers["X-Cache"] == "hit"
+    home = client.get("/")
+    assert home.headers["X-Cache"] == "miss"
+    assert ">1</strong> funder" in home.get_data(as_text=True)
+
+
+def test_new_account_keeps_cache(client, db, people):
+    publish(db, people, "Rural broadband for Turkana")
+    client.get("/projects")
+    create_user("new-donor@example.org", PASSWORD, "donor", name="New donor")
+    db.session.commit()
+
+    assert client.get("/projects").headers["X-Cache"] == "hit"
+
+
+# Pages of totals with a lag --------------------------------------------------------------
+
+@pytest.fixture
+def lagging(app, monkeypatch):
+    """Let pages of totals lag 30 s behind pledges, with a clock the test moves."""
+    clock = SimpleNamespace(now=1_000_000.0)
+    monkeypatch.setitem(app.config, "CACHE_TOTALS_LAG", 30)
+    monkeypatch.setattr(page_cache, "_now", lambda: clock.now)
+    return clock
+
+
+def test_totals_lag_behind_pledge(client, db, people, kenya_and_ghana, lagging):
+    first = client.get("/stats?currency=EUR")
+    assert "1,000" in first.get_data(as_text=True)
+    confirm_pledge(db, people, kenya_and_ghana.kenya, 1_000_000)
+
+    lagging.now += 29
+    stale = client.get("/stats?currency=EUR")
+    lagging.now += 2
+    fresh = client.get("/stats?currency=EUR")
+
+    assert stale.headers["X-Cache"] == "stale"
+    assert stale.get_data() == first.get_data()
+    assert fresh.headers["X-Cache"] == "miss"
+    assert "11,000" in fresh.get_data(as_text=True)
+    assert client.get("/stats?currency=EUR").headers["X-Cache"] == "hit"
+
+
+def test_one_request_recomputes_totals(app, client, db, people, kenya_and_ghana, lagging):
+    client.get("/")
+    confirm_pledge(db, people, kenya_and_ghana.kenya, 1_000_000)
+    lagging.now += 31
+    with app.app_context():
+        # Another worker is computing the page.
+        assert page_cache.cache.add("claim:" + page_cache.page_key("/", ""), 1)
+
+    assert client.get("/").headers["X-Cache"] == "stale"
+    with app.app_context():
+        page_cache.cache.delete("claim:" + page_cache.page_key("/", ""))
+    assert client.get("/").headers["X-Cache"] == "miss"
+    assert client.get("/").headers["X-Cache"] == "hit"
+
+
+def test_project_pages_never_lag(client, db, people, kenya_and_ghana, lagging):
+    path = f"/projects/{kenya_and_ghana.kenya}"
+    client.get(path)
+    confirm_pledge(db, people, kenya_and_ghana.kenya, 1_000_000)
+
+    after = client.get(path)
+
+    assert after.headers["X-Cache"] == "miss"
+    assert "25%" in after.get_data(as_text=True)
+
+
+def test_global_write_ends_lag(client, db, people, kenya_and_ghana, lagging):
+    client.get("/")
+    publish(db, people, "Community networks for Marsabit")
+
+    assert client.get("/").headers["X-Cache"] == "miss"

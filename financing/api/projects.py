@@ -15,7 +15,7 @@ from financing.api.schemas import (
     ProjectSchema,
     ReasonSchema,
 )
-from financing.core.cache import public_page
+from financing.core.cache import public_page, shows_projects
 from financing.core.errors import ValidationFailed
 from financing.extensions import db
 from financing.projects.models import Project
@@ -105,6 +105,7 @@ def list_projects():
         public = not (user is not None and user.is_coordinator)
         query = search_query(filters, public=public)
     items, total = paginate(query.options(*LIST_LOADS), args["page"], args["per_page"], count_key=("projects", public, filters))
+    shows_projects(project.id for project in items)
     return jsonify(page_response(project_schema, items, total, args))
 
 
@@ -129,7 +130,9 @@ def create_project_view():
     description="Unpublished projects are visible only to their organisation and to coordinators.",
 )
 def get_project_view(project_id: int):
-    return _project_response(get_project(project_id, viewer()))
+    project = get_project(project_id, viewer())
+    shows_projects([project.id])
+    return _project_response(project)
 
 
 @bp.patch(f"/v1/projects/<{ID}:project_id>")

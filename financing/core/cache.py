@@ -1,16 +1,42 @@
-"""Cached public pages and list counts, kept exact by a data generation.
+"""Cached public pages and list counts, kept exact by generations.
 
 Reading the same public lists and project pages again and again is most of the platform's
 traffic, and the exact `total` of a filtered list costs tens of milliseconds at 100,000
 projects (docs/benchmarks.md). Both are cached with Flask-Caching's backends: Redis when
 REDIS_URL is set, so that every gunicorn worker and host shares one cache.
 
-A *generation*, a random token stored in the cache, names the state of the data. Every
-entry is stored with the generation that was current when its request began, and is used
-only while that generation is still current. A commit that wrote rows replaces the token
-once the commit has succeeded, so no request that starts after a write can be given what
-was computed before it: lists, counts and project pages are never stale, whatever changed.
-A lookup fetches the generation and the entry in one round trip (MGET).
+A *generation* is a random token stored in the cache that names the state of some of the
+data. Each entry is stored with the generations it depends on and is used only while they
+are all still current. A commit that wrote rows replaces generations once it has succeeded,
+so no request that starts after a write is given what was computed before it: lists, counts
+and project pages are never stale, whatever changed. There are three kinds:
+
+- the *global* generation, on which every entry depends;
+- the *funding* generation, on which the entries that show totals across projects depend
+  (the home page, the reports);
+- one generation per project, on which the pages that call `shows_projects` depend (a
+  project page, a list) in place of the funding generation.
+
+A *funding write* changes only rows of FUNDING_TABLES (needs, pledges and their ledger)
+whose project can be found from rows in the session, or rows of REPORT_TABLES (funders).
+It replaces the funding generation and those of the projects it touched, so a pledge
+leaves the cached pages of every other project, and the lists that do not show its
+project, as they are. Any other write to a table outside UNTRACKED_TABLES replaces the
+global generation. Counts of filtered lists depend on the global generation alone,
+because a funding write cannot change which projects a filter matches: a pledge that moves
+a project to "funded" also writes the project row.
+
+A lookup fetches the global and funding generations with the entry in one round trip
+(MGET), and the project generations of a page that names its projects in a second one.
+Those are known only once the page is rendered, so they are read after it; SEQUENCE_KEY
+shows whether one was replaced in between.
+
+Pages of totals (the home page, /stats) may lag behind funding writes by CACHE_TOTALS_LAG
+seconds, because they take up to seconds to compute and pledges come every few seconds on
+a platform in use. Such a page is served from an entry of an older funding generation
+while the entry is younger than the lag. After that, one request computes the page again
+while the others are still served the older entry (`X-Cache: stale`). With a lag of 0 they
+are exact like the rest.
 
 Writes that bypass SQLAlchemy sessions (psql, a restore, COPY) are not seen; run
 `flask cache clear` after them. Entries also expire after CACHE_DEFAULT_TIMEOUT seconds,
@@ -27,94 +53,234 @@ token writes the session).
 import hashlib
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import wraps
 from itertools import chain
 from urllib.parse import parse_qsl, urlencode
 
-from flask import Flask, current_app, has_app_context, request
+from flask import Flask, current_app, has_app_context, has_request_context, request
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_cookie
 
-from financing.extensions import cache
+from financing.extensions import cache, db
 
 logger = logging.getLogger(__name__)
 
 GENERATION_KEY = "generation"
+FUNDING_KEY = "generation:funding"
+# A counter that every replacement increments first. A project's generation is the counter's
+# value when it was replaced, so a page that reads its projects' generations after rendering
+# can tell a write made during the request (a greater value) and not store the page.
+SEQUENCE_KEY = "generation:sequence"
+# How long a project's generation is kept when nothing replaces it. It only has to outlive
+# the entries stored with it; a project generation that is gone makes them unreachable.
+PROJECT_GENERATION_TIMEOUT = 24 * 3600
 
-# Tables whose rows no cached page or count shows. A commit that wrote only to these keeps
-# the cache; any other write replaces the generation.
-UNTRACKED_TABLES = frozenset({"audit_entry", "notification", "outbox_message", "notification_preference", "api_token"})
+# Tables whose rows no cached page or count shows: cached pages are anonymous, and none
+# shows accounts. A commit that wrote only to these keeps the cache.
+UNTRACKED_TABLES = frozenset({
+    "audit_entry", "notification", "outbox_message", "notification_preference", "api_token", "user_account",
+})
+
+# Tables shown only in totals and reports (the home page, /stats, /dashboard): a write to
+# them replaces the funding generation alone. A donor's first pledge creates a funder.
+REPORT_TABLES = frozenset({"funder"})
+
+# Tables whose rows belong to one project's funding, and how to reach the project from a
+# row: the column naming the parent row, and the parent's table (None: the column is the
+# project id). Writes to them change what that project's pages and list entries show and
+# the totals of reports, but not which projects a filter matches or in what order.
+FUNDING_TABLES = {
+    "funding_need": ("project_id", None),
+    "pledge": ("need_id", "funding_need"),
+    "pledge_event": ("pledge_id", "pledge"),
+}
+
+# Execution option of an UPDATE or DELETE on a funding table that changes only the row
+# with this primary key, e.g. `.execution_options(cache_row=need_id)`.
+ROW_OPTION = "cache_row"
 
 # First words of SQL text that only reads.
 READ_ONLY_SQL = ("select", "with", "show", "explain", "values")
 
+ALL = "all"
 PENDING = "cache_generation_stale"
-# WSGI environ keys: the lookup's generation and key, and the mark of a cacheable view.
+# WSGI environ keys: the lookup's generations and key, the mark of a cacheable view, and
+# the projects that the page shows.
 LOOKUP = "financing.page_cache.lookup"
 CACHEABLE = "financing.page_cache.cacheable"
+SHOWN = "financing.page_cache.projects"
+# Maximum seconds that one request may take to compute a page of totals again while others
+# are served the older entry.
+RECOMPUTE_CLAIM_TIMEOUT = 60
 # Headers never stored with a page.
 UNSTORED_HEADERS = frozenset({"set-cookie", "x-cache"})
 
 
-# Generation ----------------------------------------------------------------------------
+# Generations ---------------------------------------------------------------------------
+
+def project_key(project_id: int) -> str:
+    return f"generation:project:{project_id}"
+
 
 def generation() -> str | None:
-    """Return the current generation, starting one when the cache has none.
+    """Return the global generation, starting it and the funding one when the cache has none.
 
     Return None when the cache stores nothing (NullCache).
     """
-    value = cache.get(GENERATION_KEY)
-    if value is None:
-        cache.add(GENERATION_KEY, secrets.token_hex(8), timeout=0)
-        value = cache.get(GENERATION_KEY)
-    return value
+    return generations()[0]
+
+
+def generations() -> tuple[str | None, str | None]:
+    """Return the global and funding generations, starting those the cache lacks."""
+    current = cache.get_many(GENERATION_KEY, FUNDING_KEY)
+    if None in current:
+        for key in (GENERATION_KEY, FUNDING_KEY):
+            cache.add(key, _token(), timeout=0)
+        current = cache.get_many(GENERATION_KEY, FUNDING_KEY)
+    return current[0], current[1]
 
 
 def new_generation(reason: str) -> None:
     """Make every cached page and count unreachable."""
+    _replace({GENERATION_KEY: _token()}, reason)
+
+
+def new_project_generations(project_ids: Iterable[int], reason: str) -> None:
+    """Make the cached pages of these projects, the lists that show them and the totals unreachable."""
+    _replace({FUNDING_KEY: _token()}, reason, project_ids)
+
+
+# Redis increments atomically. The memory cache of one process reads, then writes, so its
+# threads take turns.
+_sequence_lock = threading.Lock()
+
+
+def _replace(tokens: dict, reason: str, project_ids: Iterable[int] = ()) -> None:
     try:
-        cache.set(GENERATION_KEY, secrets.token_hex(8), timeout=0)
+        with _sequence_lock:
+            number = cache.cache.inc(SEQUENCE_KEY)
+        if number == 1:
+            # A counter that starts again could repeat a value that an entry was stored with.
+            tokens = {**tokens, GENERATION_KEY: _token()}
+        cache.set_many(tokens, timeout=0)
+        if project_ids and number is not None:
+            cache.set_many({project_key(project_id): number for project_id in project_ids}, timeout=PROJECT_GENERATION_TIMEOUT)
     except Exception:
         logger.exception("cache generation not replaced after %s; entries may be old for up to %s s",
                          reason, current_app.config.get("CACHE_DEFAULT_TIMEOUT"))
 
 
-def _writes_tracked_rows(session: Session) -> bool:
-    instances = chain(session.new, session.dirty, session.deleted)
-    return any(getattr(instance, "__tablename__", None) not in UNTRACKED_TABLES for instance in instances)
+def _token() -> str:
+    return secrets.token_hex(8)
 
 
-def _statement_writes(statement) -> bool:
-    """Tell whether an executed statement may write rows of a tracked table."""
+# What a commit wrote -------------------------------------------------------------------
+
+def _note(session: Session, scope) -> None:
+    """Add a set of written projects, or ALL, to what the session's commit must replace."""
+    pending = session.info.get(PENDING)
+    if pending == ALL:
+        return
+    if scope == ALL:
+        session.info[PENDING] = ALL
+    else:
+        session.info[PENDING] = (pending or set()) | scope
+
+
+def _flush_scope(session: Session):
+    """Return what the flush wrote: None for nothing tracked, ALL, or the set of projects whose funding it changed.
+
+    The set is empty when the flush wrote only report tables.
+    """
+    instances = list(chain(session.new, session.dirty, session.deleted))
+    # Rows inserted by this flush are not in the identity map until it ends.
+    flushed = {(instance.__tablename__, instance.__dict__.get("id")): instance for instance in instances if hasattr(instance, "__tablename__")}
+    projects, tracked = set(), False
+    for instance in instances:
+        table = getattr(instance, "__tablename__", None)
+        if table in UNTRACKED_TABLES:
+            continue
+        tracked = True
+        if table in REPORT_TABLES:
+            continue
+        project_id = _project_of(session, table, instance.__dict__, flushed)
+        if project_id is None:
+            return ALL
+        projects.add(project_id)
+    return projects if tracked else None
+
+
+def _project_of(session: Session, table: str | None, values: dict, flushed: dict | None = None) -> int | None:
+    """Return the project of a funding row, found through rows in the session, or None when they do not lead to one."""
+    while table in FUNDING_TABLES:
+        column, parent = FUNDING_TABLES[table]
+        value = values.get(column)
+        if value is None or parent is None:
+            return value
+        row = (flushed or {}).get((parent, value)) or _row_in_session(session, parent, value)
+        if row is None:
+            return None
+        table, values = parent, row.__dict__
+    return None
+
+
+def _row_in_session(session: Session, table: str, primary_key: int):
+    """Return the row of `table` with this primary key from the session's identity map, without SQL."""
+    mapper = next((mapper for mapper in db.Model.registry.mappers if mapper.local_table.name == table), None)
+    if mapper is None:
+        return None
+    return session.identity_map.get(mapper.identity_key_from_primary_key((primary_key,)))
+
+
+def _statement_scope(session: Session, statement, options: dict):
+    """Return None for a statement that writes no tracked row, else what it wrote."""
     if isinstance(statement, TextClause):
         words = statement.text.split(None, 1)
-        return bool(words) and words[0].lower() not in READ_ONLY_SQL
+        return ALL if words and words[0].lower() not in READ_ONLY_SQL else None
     if getattr(statement, "is_select", False):
-        return False
-    return getattr(getattr(statement, "table", None), "name", None) not in UNTRACKED_TABLES
+        return None
+    table = getattr(getattr(statement, "table", None), "name", None)
+    if table in UNTRACKED_TABLES:
+        return None
+    if table in REPORT_TABLES:
+        return set()
+    row_id = options.get(ROW_OPTION)
+    row = _row_in_session(session, table, row_id) if row_id is not None and table in FUNDING_TABLES else None
+    project_id = _project_of(session, table, row.__dict__) if row is not None else None
+    return ALL if project_id is None else {project_id}
 
 
 @event.listens_for(Session, "after_flush")
 def _note_flush(session: Session, flush_context) -> None:
-    if not session.info.get(PENDING) and _writes_tracked_rows(session):
-        session.info[PENDING] = True
+    if session.info.get(PENDING) != ALL:
+        scope = _flush_scope(session)
+        if scope is not None:
+            _note(session, scope)
 
 
 @event.listens_for(Session, "do_orm_execute")
 def _note_statement(state) -> None:
-    if not state.session.info.get(PENDING) and _statement_writes(state.statement):
-        state.session.info[PENDING] = True
+    if state.session.info.get(PENDING) != ALL:
+        scope = _statement_scope(state.session, state.statement, state.execution_options)
+        if scope is not None:
+            _note(state.session, scope)
 
 
 @event.listens_for(Session, "after_commit")
 def _replace_after_commit(session: Session) -> None:
-    if session.info.pop(PENDING, False) and has_app_context() and "cache" in current_app.extensions:
+    scope = session.info.pop(PENDING, None)
+    if scope is None or not (has_app_context() and "cache" in current_app.extensions):
+        return
+    if scope == ALL:
         new_generation("commit")
+    else:
+        new_project_generations(scope, "commit")
 
 
 @event.listens_for(Session, "after_rollback")
@@ -124,26 +290,29 @@ def _forget_on_rollback(session: Session) -> None:
 
 # Computed values -----------------------------------------------------------------------
 
-def cached_value(parts: tuple, compute: Callable[[], object]):
+def cached_value(parts: tuple, compute: Callable[[], object], funding: bool = True):
     """Return compute(), cached under `parts`, which must name everything the value depends on.
 
-    The value must be picklable. An exception from compute() propagates and nothing is stored.
+    With funding=False the value must not depend on needs and pledges (the count of a
+    filtered list), and funding writes keep it. The value must be picklable. An exception
+    from compute() propagates and nothing is stored.
     """
     key = "value:" + _digest(f"{_utc_day()}:{parts!r}")
     try:
-        current, entry = cache.get_many(GENERATION_KEY, key)
-        if current is None:
-            current = generation()
+        current, current_funding, entry = cache.get_many(GENERATION_KEY, FUNDING_KEY, key)
+        if current is None or current_funding is None:
+            current, current_funding = generations()
     except Exception:
         logger.exception("cache unavailable; computing without it")
         return compute()
     if current is None:
         return compute()
-    if entry is not None and entry[0] == current:
+    depends = (current, current_funding if funding else None)
+    if entry is not None and entry[0] == depends:
         return entry[1]
     value = compute()
     try:
-        cache.set(key, (current, value))
+        cache.set(key, (depends, value))
     except Exception:
         logger.exception("value not cached key=%s", key)
     return value
@@ -163,8 +332,22 @@ def public_page(view: Callable) -> Callable:
     return marked
 
 
+def shows_projects(project_ids: Iterable[int]) -> None:
+    """Declare the projects whose rows the page shows, when it shows no other funding figure.
+
+    The cached page then outlives funding writes to other projects. A page that shows totals
+    across projects must not call this. Without a request, it does nothing.
+    """
+    if has_request_context():
+        request.environ.setdefault(SHOWN, set()).update(project_ids)
+
+
 class PageCache:
-    """WSGI middleware that serves anonymous GET and HEAD requests from the cache and stores misses."""
+    """WSGI middleware that serves anonymous GET and HEAD requests from the cache and stores misses.
+
+    An entry is (global generation, funding generation or None, project generations or
+    None, time of the request that computed it, status, headers, body).
+    """
 
     def __init__(self, app: Flask, wsgi_app):
         self.app = app
@@ -176,17 +359,37 @@ class PageCache:
         if not (environ.get("REQUEST_METHOD") in ("GET", "HEAD") and self._anonymous(environ) and self._public(environ)):
             return self.wsgi_app(environ, start_response)
         key = page_key(environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
+        started = _now()
         try:
-            current, entry = self.backend.get_many(GENERATION_KEY, key)
+            current, funding, sequence, entry = self.backend.get_many(GENERATION_KEY, FUNDING_KEY, SEQUENCE_KEY, key)
+            state = self._state(entry, current, funding, started, key)
         except Exception:
             logger.exception("page cache unavailable path=%s", environ.get("PATH_INFO"))
             return self.wsgi_app(environ, start_response)
-        if current is not None and entry is not None and entry[0] == current:
-            status, headers, body = entry[1:]
-            start_response(status, [*headers, ("X-Cache", "hit")])
+        if state is not None:
+            status, headers, body = entry[4:]
+            start_response(status, [*headers, ("X-Cache", state)])
             return [body] if environ["REQUEST_METHOD"] == "GET" else []
-        environ[LOOKUP] = (current, key)
+        environ[LOOKUP] = (current, funding, sequence or 0, key, started)
         return self._serve_and_store(environ, start_response)
+
+    def _state(self, entry: tuple | None, current, funding, now: float, key: str) -> str | None:
+        """Return "hit" or "stale" when the entry may be served, None when the page must be computed."""
+        if entry is None or current is None or entry[0] != current:
+            return None
+        stored_funding, stored_projects, stored_at = entry[1:4]
+        if stored_projects is not None:
+            keys = list(stored_projects)
+            return "hit" if not keys or self.backend.get_many(*keys) == [stored_projects[name] for name in keys] else None
+        if stored_funding == funding:
+            return "hit"
+        if now - stored_at < self.app.config["CACHE_TOTALS_LAG"]:
+            return "stale"
+        # Older than the lag: the request that claims the page computes it again, and the
+        # others keep being served the older entry meanwhile.
+        if self.app.config["CACHE_TOTALS_LAG"] > 0 and not self.backend.add("claim:" + key, 1, timeout=RECOMPUTE_CLAIM_TIMEOUT):
+            return "stale"
+        return None
 
     def _anonymous(self, environ: dict) -> bool:
         if "HTTP_AUTHORIZATION" in environ:
@@ -214,20 +417,61 @@ class PageCache:
 
         body_parts = self.wsgi_app(environ, capture)
         if not self._storable(environ, captured):
+            if self.app.config["CACHE_TOTALS_LAG"] > 0:
+                self._release_claim(environ[LOOKUP][3])
             return body_parts
         try:
             body = b"".join(body_parts)
         finally:
             if hasattr(body_parts, "close"):
                 body_parts.close()
-        current, key = environ[LOOKUP]
-        if current is not None and environ["REQUEST_METHOD"] == "GET":
-            headers = [(name, value) for name, value in captured["headers"] if name.lower() not in UNSTORED_HEADERS]
+        if environ["REQUEST_METHOD"] == "GET":
             try:
-                self.backend.set(key, (current, captured["status"], headers, body))
+                self._store(environ, captured, body)
             except Exception:
                 logger.exception("page not cached path=%s", environ.get("PATH_INFO"))
         return [body]
+
+    def _store(self, environ: dict, captured: dict, body: bytes) -> None:
+        current, funding, sequence, key, started = environ[LOOKUP]
+        if current is None:
+            return
+        project_ids = environ.get(SHOWN)
+        projects = None
+        if project_ids is not None:
+            projects = self._project_generations(sorted(project_ids), sequence)
+            if projects is None:
+                return
+            funding = None
+        headers = [(name, value) for name, value in captured["headers"] if name.lower() not in UNSTORED_HEADERS]
+        self.backend.set(key, (current, funding, projects, started, captured["status"], headers, body))
+        if projects is None and self.app.config["CACHE_TOTALS_LAG"] > 0:
+            self._release_claim(key)
+
+    def _release_claim(self, key: str) -> None:
+        try:
+            self.backend.delete("claim:" + key)
+        except Exception:
+            logger.exception("recompute claim not released key=%s", key)
+
+    def _project_generations(self, project_ids: list[int], sequence: int) -> dict | None:
+        """Return the generations of these projects, or None when one was replaced during the request.
+
+        They are read after the page was rendered. A generation greater than the counter
+        read when the request began belongs to a write that may have committed after the
+        page read its rows. A project without a generation gets the counter's value from
+        the request's start: no write has been counted after that value.
+        """
+        keys = [project_key(project_id) for project_id in project_ids]
+        values = self.backend.get_many(*keys)
+        if None in values:
+            for name, value in zip(keys, values):
+                if value is None:
+                    self.backend.add(name, sequence, timeout=PROJECT_GENERATION_TIMEOUT)
+            values = self.backend.get_many(*keys)
+        if any(not isinstance(value, int) or value > sequence for value in values):
+            return None
+        return dict(zip(keys, values))
 
     @staticmethod
     def _storable(environ: dict, captured: dict) -> bool:
@@ -248,6 +492,10 @@ def page_key(path: str, query_string: str) -> str:
     return "page:" + _digest(f"{_utc_day()}:{path}?{query}")
 
 
+def _now() -> float:
+    return time.time()
+
+
 def _utc_day() -> str:
     return time.strftime("%Y-%m-%d", time.gmtime())
 
@@ -265,9 +513,9 @@ def init_cache(app: Flask) -> None:
         # The middleware found no generation: start one before the view reads any data, so
         # that what it computes is stored under a generation older than the data.
         lookup = request.environ.get(LOOKUP)
-        if lookup is not None and lookup[0] is None:
+        if lookup is not None and None in lookup[:2]:
             try:
-                request.environ[LOOKUP] = (generation(), lookup[1])
+                request.environ[LOOKUP] = (*generations(), *lookup[2:])
             except Exception:
                 logger.exception("cache generation not started")
 

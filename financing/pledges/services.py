@@ -89,7 +89,7 @@ def reserve(need_id: int, amount_minor: int) -> bool:
             or_(FundingNeed.allow_overfunding.is_(True), FundingNeed.pledged_minor + amount_minor <= FundingNeed.goal_minor),
         )
         .values(pledged_minor=FundingNeed.pledged_minor + amount_minor)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, cache_row=need_id)
     )
     return result.rowcount == 1
 
@@ -99,7 +99,7 @@ def release(need_id: int, amount_minor: int) -> None:
         update(FundingNeed)
         .where(FundingNeed.id == need_id)
         .values(pledged_minor=FundingNeed.pledged_minor - amount_minor)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, cache_row=need_id)
     )
 
 

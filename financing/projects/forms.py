@@ -1,7 +1,9 @@
 """HTML forms for browsing, writing and reviewing projects with their funding needs."""
 
+from functools import lru_cache
 from types import SimpleNamespace
 
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
@@ -21,7 +23,8 @@ from wtforms import (
 )
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
-from wtforms.widgets import CheckboxInput, ListWidget
+from markupsafe import Markup
+from wtforms.widgets import CheckboxInput, ListWidget, Select, html_params
 
 from financing import reference
 from financing.money import MoneyError, amount_text, check_currency, parse_amount
@@ -109,6 +112,83 @@ def _blank(value) -> bool:
     return not (value or "").strip()
 
 
+class ReferenceSelect(Select):
+    """A select that renders the options of a choice list once per process and then reuses them.
+
+    The browse page's filters offer 570 options, and rendering them took about 7 ms of every
+    uncached request (docs/benchmarks.md). The rendered options are kept per choice list
+    object, so the field's choices must be a list that is never changed, such as those of
+    `filter_choices`.
+    """
+
+    # Choice lists kept at most; one set of filters per locale in use.
+    MAX_LISTS = 64
+
+    def __init__(self):
+        super().__init__()
+        self._rendered: dict[int, tuple[list, list]] = {}
+
+    def __call__(self, field, **kwargs):
+        kwargs.setdefault("id", field.id)
+        flags = getattr(field, "flags", {})
+        for name in self.validation_attrs:
+            if name not in kwargs and getattr(flags, name, False):
+                kwargs[name] = True
+        html = [f"<select {html_params(name=field.name, **kwargs)}>"]
+        for part in self._parts(field):
+            if isinstance(part, str):
+                html.append(part)
+            else:
+                value, plain, selected = part
+                html.append(selected if field.coerce(value) == field.data else plain)
+        html.append("</select>")
+        return Markup("".join(html))
+
+    def _parts(self, field) -> list:
+        """Return the rendered options and optgroup tags of the field's choice list, rendering them the first time."""
+        choices = field.choices
+        entry = self._rendered.get(id(choices))
+        # The entry keeps its list alive, so no other list can reuse the id meanwhile.
+        if entry is not None and entry[0] is choices:
+            return entry[1]
+        rendered = self._render(field, choices)
+        if len(self._rendered) >= self.MAX_LISTS:
+            self._rendered.clear()
+        self._rendered[id(choices)] = (choices, rendered)
+        return rendered
+
+    @classmethod
+    def _render(cls, field, choices) -> list:
+        rendered, group = [], None
+        for choice in field._choices_from_input(choices):
+            if choice.optgroup != group:
+                if group is not None:
+                    rendered.append("</optgroup>")
+                if choice.optgroup is not None:
+                    rendered.append(f"<optgroup {html_params(label=choice.optgroup)}>")
+                group = choice.optgroup
+            option = SimpleNamespace(value=choice.value, label=choice.label, render_kw=choice.render_kw, selected=False)
+            plain = cls.render_option(option)
+            option.selected = True
+            rendered.append((choice.value, plain, cls.render_option(option)))
+        if group is not None:
+            rendered.append("</optgroup>")
+        return rendered
+
+
+@lru_cache(maxsize=16)
+def filter_choices(locale: str) -> dict[str, list[SelectChoice]]:
+    """Return the choice lists of the browse filters in a locale, the same list objects on every call."""
+    return {
+        "region": [SelectChoice("", _("Any region")), *region_choices()],
+        "country": [SelectChoice("", _("Any country")), *country_choices()],
+        "theme": [SelectChoice("", _("Any theme")), *theme_choices()],
+        "sector": [SelectChoice("", _("Any sector")), *grouped_sector_choices()],
+        "status": [SelectChoice("", _("Any public status")), *(SelectChoice(s, str(STATUS_LABELS[s])) for s in PUBLIC)],
+        "sort": [SelectChoice(s, str(SORT_LABELS[s])) for s in SORTS],
+    }
+
+
 class ProjectFilterForm(FlaskForm):
     """The filters of the browse page, read from the query string."""
 
@@ -116,12 +196,12 @@ class ProjectFilterForm(FlaskForm):
         csrf = False
 
     q = SearchField(_l("Search"), validators=[Optional(), Length(max=200)])
-    region = SelectField(_l("Region"), validate_choice=False, validators=[Optional()])
-    country = SelectField(_l("Country"), validate_choice=False, validators=[Optional()])
-    theme = SelectField(_l("Theme"), validate_choice=False, validators=[Optional()])
-    sector = SelectField(_l("DAC sector"), validate_choice=False, validators=[Optional()])
-    status = SelectField(_l("Status"), validate_choice=False, validators=[Optional()])
-    sort = SelectField(_l("Sort"), validate_choice=False, default="newest")
+    region = SelectField(_l("Region"), validate_choice=False, validators=[Optional()], widget=ReferenceSelect())
+    country = SelectField(_l("Country"), validate_choice=False, validators=[Optional()], widget=ReferenceSelect())
+    theme = SelectField(_l("Theme"), validate_choice=False, validators=[Optional()], widget=ReferenceSelect())
+    sector = SelectField(_l("DAC sector"), validate_choice=False, validators=[Optional()], widget=ReferenceSelect())
+    status = SelectField(_l("Status"), validate_choice=False, validators=[Optional()], widget=ReferenceSelect())
+    sort = SelectField(_l("Sort"), validate_choice=False, default="newest", widget=ReferenceSelect())
     page = IntegerField(
         _l("Page"), default=1, invalid_value_message=_l("Page must be a whole number from 1."),
         validators=[Optional(), NumberRange(min=1, max=100000, message=_l("Page must be a whole number from 1."))],
@@ -129,12 +209,8 @@ class ProjectFilterForm(FlaskForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.region.choices = [SelectChoice("", _("Any region")), *region_choices()]
-        self.country.choices = [SelectChoice("", _("Any country")), *country_choices()]
-        self.theme.choices = [SelectChoice("", _("Any theme")), *theme_choices()]
-        self.sector.choices = [SelectChoice("", _("Any sector")), *grouped_sector_choices()]
-        self.status.choices = [SelectChoice("", _("Any public status")), *(SelectChoice(s, STATUS_LABELS[s]) for s in PUBLIC)]
-        self.sort.choices = [SelectChoice(s, SORT_LABELS[s]) for s in SORTS]
+        for name, choices in filter_choices(str(get_locale())).items():
+            self[name].choices = choices
 
     def _check_known(self, field, known, kind_label: str) -> None:
         if field.data and field.data not in known:

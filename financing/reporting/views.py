@@ -31,16 +31,21 @@ FEATURED_COUNT = 3
 @bp.get("/")
 @public_page
 def home():
-    tags = _public_tags()
+    # The counts read every public project's tags (about 0.6 s at 100,000 projects) and do
+    # not change with pledges, so they are cached apart from the money figures.
+    counts = cached_value(("home", "counts"), _catalogue_counts, funding=False)
     return render_template(
         "reporting/home.html",
-        project_count=_count_public_projects(),
         funder_count=db.session.scalar(select(func.count(Funder.id))) or 0,
         currency_totals=_totals_per_currency(),
         featured=_featured_projects(),
-        region_counts=_region_counts(tags),
-        theme_counts=_theme_counts(tags),
+        **counts,
     )
+
+
+def _catalogue_counts() -> dict:
+    tags = _public_tags()
+    return {"project_count": _count_public_projects(), "region_counts": _region_counts(tags), "theme_counts": _theme_counts(tags)}
 
 
 def _count_public_projects() -> int:
