@@ -409,8 +409,38 @@ def test_funding_pledge_updates_status_lists(client, db, people, kenya_and_ghana
 
     funded = client.get("/api/v1/projects?status=funded").get_json()
     assert (funded["total"], funded["items"][0]["id"]) == (1, kenya_and_ghana.kenya)
-    # The project row changed, which replaces every generation.
-    assert client.get(f"/projects/{kenya_and_ghana.ghana}").headers["X-Cache"] == "miss"
+    assert client.get(f"/api/v1/projects/{kenya_and_ghana.kenya}").get_json()["status"] == "funded"
+    # Only the project that changed leaves the cache.
+    assert client.get(f"/projects/{kenya_and_ghana.ghana}").headers["X-Cache"] == "hit"
+
+
+def test_publication_keeps_other_project_pages(client, db, people, kenya_and_ghana):
+    ghana_page, ghana_api = f"/projects/{kenya_and_ghana.ghana}", f"/api/v1/projects/{kenya_and_ghana.ghana}"
+    for path in (ghana_page, ghana_api, "/projects?country=GH", "/api/v1/projects?theme=broadband", "/"):
+        client.get(path)
+
+    publish(db, people, "Community networks in Tamale", country="GH")
+
+    assert client.get(ghana_page).headers["X-Cache"] == "hit"
+    assert client.get(ghana_api).headers["X-Cache"] == "hit"
+    country_list = client.get("/projects?country=GH")
+    assert country_list.headers["X-Cache"] == "miss"
+    assert "Community networks in Tamale" in country_list.get_data(as_text=True)
+    assert client.get("/api/v1/projects?theme=broadband").get_json()["total"] == 3
+    assert ">3</strong>" in client.get("/").get_data(as_text=True)
+
+
+def test_project_edit_shows_on_its_page(client, db, people, kenya_and_ghana):
+    from financing.projects.models import Project
+    path = f"/projects/{kenya_and_ghana.kenya}"
+    client.get(path)
+    db.session.get(Project, kenya_and_ghana.kenya).summary = "Masts and fibre for Turkana and Marsabit."
+    db.session.commit()
+
+    after = client.get(path)
+
+    assert after.headers["X-Cache"] == "miss"
+    assert "Masts and fibre for Turkana and Marsabit." in after.get_data(as_text=True)
 
 
 def test_unscoped_need_update_replaces_everything(client, db, people, kenya_and_ghana):
@@ -581,7 +611,7 @@ def test_project_pages_never_lag(client, db, people, kenya_and_ghana, lagging):
     assert "25%" in after.get_data(as_text=True)
 
 
-def test_global_write_ends_lag(client, db, people, kenya_and_ghana, lagging):
+def test_publication_ends_lag(client, db, people, kenya_and_ghana, lagging):
     client.get("/")
     publish(db, people, "Community networks for Marsabit")
 

@@ -15,7 +15,7 @@ from financing.api.schemas import (
     ProjectSchema,
     ReasonSchema,
 )
-from financing.core.cache import public_page, shows_projects
+from financing.core.cache import lists_projects, public_page, shows_projects
 from financing.core.errors import ValidationFailed
 from financing.extensions import db
 from financing.projects.models import Project
@@ -105,7 +105,7 @@ def list_projects():
         public = not (user is not None and user.is_coordinator)
         query = search_query(filters, public=public)
     items, total = paginate(query.options(*LIST_LOADS), args["page"], args["per_page"], count_key=("projects", public, filters))
-    shows_projects(project.id for project in items)
+    lists_projects(project.id for project in items)
     return jsonify(page_response(project_schema, items, total, args))
 
 

@@ -9,27 +9,28 @@ A *generation* is a random token stored in the cache that names the state of som
 data. Each entry is stored with the generations it depends on and is used only while they
 are all still current. A commit that wrote rows replaces generations once it has succeeded,
 so no request that starts after a write is given what was computed before it: lists, counts
-and project pages are never stale, whatever changed. There are three kinds:
+and project pages are never stale, whatever changed. There are four kinds:
 
 - the *global* generation, on which every entry depends;
-- the *funding* generation, on which the entries that show totals across projects depend
-  (the home page, the reports);
-- one generation per project, on which the pages that call `shows_projects` depend (a
-  project page, a list) in place of the funding generation.
+- the *catalogue* generation, on which lists, counts and totals depend: it names which
+  projects are public and what a filter or a sort finds;
+- the *funding* generation, on which the entries that add up every project depend (the
+  home page, the reports);
+- one generation per project, on which the pages that call `shows_projects` (a project
+  page) or `lists_projects` (a list) depend, for each project they show.
 
-A *funding write* changes only rows of FUNDING_TABLES (needs, pledges and their ledger)
-whose project can be found from rows in the session, or rows of REPORT_TABLES (funders).
-It replaces the funding generation and those of the projects it touched, so a pledge
-leaves the cached pages of every other project, and the lists that do not show its
-project, as they are. Any other write to a table outside UNTRACKED_TABLES replaces the
-global generation. Counts of filtered lists depend on the global generation alone,
-because a funding write cannot change which projects a filter matches: a pledge that moves
-a project to "funded" also writes the project row.
+A write to rows of PROJECT_TABLES whose project can be found from rows in the session
+replaces the generations of those projects and the funding one. When it wrote a project or
+its tags, it replaces the catalogue generation as well, since the project may have entered
+or left a list. So a pledge leaves the cached pages of every other project, the lists that
+do not show its project and the counts as they are, and publishing a project leaves every
+other project's page. A write to REPORT_TABLES (funders) replaces the funding generation
+alone. Any other write to a table outside UNTRACKED_TABLES replaces the global generation.
 
-A lookup fetches the global and funding generations with the entry in one round trip
-(MGET), and the project generations of a page that names its projects in a second one.
-Those are known only once the page is rendered, so they are read after it; SEQUENCE_KEY
-shows whether one was replaced in between.
+A lookup fetches the global, catalogue and funding generations with the entry in one round
+trip (MGET), and the project generations of a page that names its projects in a second
+one. Those are known only once the page is rendered, so they are read after it;
+SEQUENCE_KEY shows whether one was replaced in between.
 
 Pages of totals (the home page, /stats) may lag behind funding writes by CACHE_TOTALS_LAG
 seconds, because they take up to seconds to compute and pledges come every few seconds on
@@ -72,6 +73,7 @@ from financing.extensions import cache, db
 logger = logging.getLogger(__name__)
 
 GENERATION_KEY = "generation"
+CATALOGUE_KEY = "generation:catalogue"
 FUNDING_KEY = "generation:funding"
 # A counter that every replacement increments first. A project's generation is the counter's
 # value when it was replaced, so a page that reads its projects' generations after rendering
@@ -91,18 +93,21 @@ UNTRACKED_TABLES = frozenset({
 # them replaces the funding generation alone. A donor's first pledge creates a funder.
 REPORT_TABLES = frozenset({"funder"})
 
-# Tables whose rows belong to one project's funding, and how to reach the project from a
-# row: the column naming the parent row, and the parent's table (None: the column is the
-# project id). Writes to them change what that project's pages and list entries show and
-# the totals of reports, but not which projects a filter matches or in what order.
-FUNDING_TABLES = {
-    "funding_need": ("project_id", None),
-    "pledge": ("need_id", "funding_need"),
-    "pledge_event": ("pledge_id", "pledge"),
+# Tables whose rows belong to one project, and how to reach the project from a row: the
+# column naming the parent row, the parent's table (None: the column is the project id),
+# and whether a write can change which projects a list holds or their order. A write to
+# the others (needs, pledges and their ledger) changes only what the project's pages and
+# list entries show, and the totals.
+PROJECT_TABLES = {
+    "project": ("id", None, True),
+    "project_tag": ("project_id", None, True),
+    "funding_need": ("project_id", None, False),
+    "pledge": ("need_id", "funding_need", False),
+    "pledge_event": ("pledge_id", "pledge", False),
 }
 
-# Execution option of an UPDATE or DELETE on a funding table that changes only the row
-# with this primary key, e.g. `.execution_options(cache_row=need_id)`.
+# Execution option of an UPDATE or DELETE on a table of PROJECT_TABLES that changes only
+# the row with this primary key, e.g. `.execution_options(cache_row=need_id)`.
 ROW_OPTION = "cache_row"
 
 # First words of SQL text that only reads.
@@ -115,6 +120,7 @@ PENDING = "cache_generation_stale"
 LOOKUP = "financing.page_cache.lookup"
 CACHEABLE = "financing.page_cache.cacheable"
 SHOWN = "financing.page_cache.projects"
+LISTED = "financing.page_cache.listed"
 # Maximum seconds that one request may take to compute a page of totals again while others
 # are served the older entry.
 RECOMPUTE_CLAIM_TIMEOUT = 60
@@ -129,21 +135,22 @@ def project_key(project_id: int) -> str:
 
 
 def generation() -> str | None:
-    """Return the global generation, starting it and the funding one when the cache has none.
+    """Return the global generation, starting the generations when the cache has none.
 
     Return None when the cache stores nothing (NullCache).
     """
     return generations()[0]
 
 
-def generations() -> tuple[str | None, str | None]:
-    """Return the global and funding generations, starting those the cache lacks."""
-    current = cache.get_many(GENERATION_KEY, FUNDING_KEY)
+def generations() -> tuple[str | None, str | None, str | None]:
+    """Return the global, catalogue and funding generations, starting those the cache lacks."""
+    keys = (GENERATION_KEY, CATALOGUE_KEY, FUNDING_KEY)
+    current = cache.get_many(*keys)
     if None in current:
-        for key in (GENERATION_KEY, FUNDING_KEY):
+        for key in keys:
             cache.add(key, _token(), timeout=0)
-        current = cache.get_many(GENERATION_KEY, FUNDING_KEY)
-    return current[0], current[1]
+        current = cache.get_many(*keys)
+    return tuple(current)
 
 
 def new_generation(reason: str) -> None:
@@ -151,9 +158,15 @@ def new_generation(reason: str) -> None:
     _replace({GENERATION_KEY: _token()}, reason)
 
 
-def new_project_generations(project_ids: Iterable[int], reason: str) -> None:
-    """Make the cached pages of these projects, the lists that show them and the totals unreachable."""
-    _replace({FUNDING_KEY: _token()}, reason, project_ids)
+def new_project_generations(project_ids: Iterable[int], reason: str, catalogue: bool = False) -> None:
+    """Make the cached pages of these projects, the lists that show them and the totals unreachable.
+
+    With catalogue=True, make every list and count unreachable too.
+    """
+    tokens = {FUNDING_KEY: _token()}
+    if catalogue:
+        tokens[CATALOGUE_KEY] = _token()
+    _replace(tokens, reason, project_ids)
 
 
 # Redis increments atomically. The memory cache of one process reads, then writes, so its
@@ -183,25 +196,27 @@ def _token() -> str:
 # What a commit wrote -------------------------------------------------------------------
 
 def _note(session: Session, scope) -> None:
-    """Add a set of written projects, or ALL, to what the session's commit must replace."""
+    """Add what a flush or statement wrote to what the session's commit must replace."""
     pending = session.info.get(PENDING)
-    if pending == ALL:
-        return
-    if scope == ALL:
+    if pending == ALL or scope == ALL:
         session.info[PENDING] = ALL
-    else:
-        session.info[PENDING] = (pending or set()) | scope
+        return
+    projects, catalogue = scope
+    if pending is not None:
+        projects, catalogue = pending[0] | projects, pending[1] or catalogue
+    session.info[PENDING] = (projects, catalogue)
 
 
 def _flush_scope(session: Session):
-    """Return what the flush wrote: None for nothing tracked, ALL, or the set of projects whose funding it changed.
+    """Return what the flush wrote: None for nothing tracked, ALL, or (projects, catalogue).
 
-    The set is empty when the flush wrote only report tables.
+    `projects` is the set of projects whose rows it wrote, empty when it wrote only report
+    tables, and `catalogue` tells whether it may have changed which projects a list holds.
     """
     instances = list(chain(session.new, session.dirty, session.deleted))
     # Rows inserted by this flush are not in the identity map until it ends.
     flushed = {(instance.__tablename__, instance.__dict__.get("id")): instance for instance in instances if hasattr(instance, "__tablename__")}
-    projects, tracked = set(), False
+    projects, catalogue, tracked = set(), False, False
     for instance in instances:
         table = getattr(instance, "__tablename__", None)
         if table in UNTRACKED_TABLES:
@@ -213,13 +228,14 @@ def _flush_scope(session: Session):
         if project_id is None:
             return ALL
         projects.add(project_id)
-    return projects if tracked else None
+        catalogue = catalogue or PROJECT_TABLES[table][2]
+    return (projects, catalogue) if tracked else None
 
 
 def _project_of(session: Session, table: str | None, values: dict, flushed: dict | None = None) -> int | None:
-    """Return the project of a funding row, found through rows in the session, or None when they do not lead to one."""
-    while table in FUNDING_TABLES:
-        column, parent = FUNDING_TABLES[table]
+    """Return the project of a row of PROJECT_TABLES, found through rows in the session, or None when they do not lead to one."""
+    while table in PROJECT_TABLES:
+        column, parent, _ = PROJECT_TABLES[table]
         value = values.get(column)
         if value is None or parent is None:
             return value
@@ -249,11 +265,11 @@ def _statement_scope(session: Session, statement, options: dict):
     if table in UNTRACKED_TABLES:
         return None
     if table in REPORT_TABLES:
-        return set()
+        return set(), False
     row_id = options.get(ROW_OPTION)
-    row = _row_in_session(session, table, row_id) if row_id is not None and table in FUNDING_TABLES else None
+    row = _row_in_session(session, table, row_id) if row_id is not None and table in PROJECT_TABLES else None
     project_id = _project_of(session, table, row.__dict__) if row is not None else None
-    return ALL if project_id is None else {project_id}
+    return ALL if project_id is None else ({project_id}, PROJECT_TABLES[table][2])
 
 
 @event.listens_for(Session, "after_flush")
@@ -280,7 +296,7 @@ def _replace_after_commit(session: Session) -> None:
     if scope == ALL:
         new_generation("commit")
     else:
-        new_project_generations(scope, "commit")
+        new_project_generations(scope[0], "commit", catalogue=scope[1])
 
 
 @event.listens_for(Session, "after_rollback")
@@ -299,15 +315,15 @@ def cached_value(parts: tuple, compute: Callable[[], object], funding: bool = Tr
     """
     key = "value:" + _digest(f"{_utc_day()}:{parts!r}")
     try:
-        current, current_funding, entry = cache.get_many(GENERATION_KEY, FUNDING_KEY, key)
-        if current is None or current_funding is None:
-            current, current_funding = generations()
+        current, catalogue, current_funding, entry = cache.get_many(GENERATION_KEY, CATALOGUE_KEY, FUNDING_KEY, key)
+        if None in (current, catalogue, current_funding):
+            current, catalogue, current_funding = generations()
     except Exception:
         logger.exception("cache unavailable; computing without it")
         return compute()
     if current is None:
         return compute()
-    depends = (current, current_funding if funding else None)
+    depends = (current, catalogue, current_funding if funding else None)
     if entry is not None and entry[0] == depends:
         return entry[1]
     value = compute()
@@ -333,20 +349,29 @@ def public_page(view: Callable) -> Callable:
 
 
 def shows_projects(project_ids: Iterable[int]) -> None:
-    """Declare the projects whose rows the page shows, when it shows no other funding figure.
+    """Declare the projects whose rows the page shows, when it shows nothing else from the database but reference rows.
 
-    The cached page then outlives funding writes to other projects. A page that shows totals
-    across projects must not call this. Without a request, it does nothing.
+    The cached page then outlives writes to other projects. A page that shows totals across
+    projects must not call this, and a list calls `lists_projects`. Without a request, it
+    does nothing.
     """
     if has_request_context():
         request.environ.setdefault(SHOWN, set()).update(project_ids)
 
 
+def lists_projects(project_ids: Iterable[int]) -> None:
+    """Declare a list of projects: like shows_projects, and any write that may change which projects a list holds makes it unreachable."""
+    if has_request_context():
+        shows_projects(project_ids)
+        request.environ[LISTED] = True
+
+
 class PageCache:
     """WSGI middleware that serves anonymous GET and HEAD requests from the cache and stores misses.
 
-    An entry is (global generation, funding generation or None, project generations or
-    None, time of the request that computed it, status, headers, body).
+    An entry is (global generation, catalogue generation or None, funding generation or
+    None, project generations or None, time of the request that computed it, status,
+    headers, body).
     """
 
     def __init__(self, app: Flask, wsgi_app):
@@ -361,23 +386,28 @@ class PageCache:
         key = page_key(environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
         started = _now()
         try:
-            current, funding, sequence, entry = self.backend.get_many(GENERATION_KEY, FUNDING_KEY, SEQUENCE_KEY, key)
-            state = self._state(entry, current, funding, started, key)
+            current, catalogue, funding, sequence, entry = self.backend.get_many(
+                GENERATION_KEY, CATALOGUE_KEY, FUNDING_KEY, SEQUENCE_KEY, key,
+            )
+            state = self._state(entry, (current, catalogue, funding), started, key)
         except Exception:
             logger.exception("page cache unavailable path=%s", environ.get("PATH_INFO"))
             return self.wsgi_app(environ, start_response)
         if state is not None:
-            status, headers, body = entry[4:]
+            status, headers, body = entry[5:]
             start_response(status, [*headers, ("X-Cache", state)])
             return [body] if environ["REQUEST_METHOD"] == "GET" else []
-        environ[LOOKUP] = (current, funding, sequence or 0, key, started)
+        environ[LOOKUP] = (current, catalogue, funding, sequence or 0, key, started)
         return self._serve_and_store(environ, start_response)
 
-    def _state(self, entry: tuple | None, current, funding, now: float, key: str) -> str | None:
+    def _state(self, entry: tuple | None, generations: tuple, now: float, key: str) -> str | None:
         """Return "hit" or "stale" when the entry may be served, None when the page must be computed."""
+        current, catalogue, funding = generations
         if entry is None or current is None or entry[0] != current:
             return None
-        stored_funding, stored_projects, stored_at = entry[1:4]
+        stored_catalogue, stored_funding, stored_projects, stored_at = entry[1:5]
+        if stored_catalogue is not None and stored_catalogue != catalogue:
+            return None
         if stored_projects is not None:
             keys = list(stored_projects)
             return "hit" if not keys or self.backend.get_many(*keys) == [stored_projects[name] for name in keys] else None
@@ -418,7 +448,7 @@ class PageCache:
         body_parts = self.wsgi_app(environ, capture)
         if not self._storable(environ, captured):
             if self.app.config["CACHE_TOTALS_LAG"] > 0:
-                self._release_claim(environ[LOOKUP][3])
+                self._release_claim(environ[LOOKUP][4])
             return body_parts
         try:
             body = b"".join(body_parts)
@@ -433,7 +463,7 @@ class PageCache:
         return [body]
 
     def _store(self, environ: dict, captured: dict, body: bytes) -> None:
-        current, funding, sequence, key, started = environ[LOOKUP]
+        current, catalogue, funding, sequence, key, started = environ[LOOKUP]
         if current is None:
             return
         project_ids = environ.get(SHOWN)
@@ -443,8 +473,10 @@ class PageCache:
             if projects is None:
                 return
             funding = None
+            if not environ.get(LISTED):
+                catalogue = None
         headers = [(name, value) for name, value in captured["headers"] if name.lower() not in UNSTORED_HEADERS]
-        self.backend.set(key, (current, funding, projects, started, captured["status"], headers, body))
+        self.backend.set(key, (current, catalogue, funding, projects, started, captured["status"], headers, body))
         if projects is None and self.app.config["CACHE_TOTALS_LAG"] > 0:
             self._release_claim(key)
 
@@ -513,9 +545,9 @@ def init_cache(app: Flask) -> None:
         # The middleware found no generation: start one before the view reads any data, so
         # that what it computes is stored under a generation older than the data.
         lookup = request.environ.get(LOOKUP)
-        if lookup is not None and None in lookup[:2]:
+        if lookup is not None and None in lookup[:3]:
             try:
-                request.environ[LOOKUP] = (*generations(), *lookup[2:])
+                request.environ[LOOKUP] = (*generations(), *lookup[3:])
             except Exception:
                 logger.exception("cache generation not started")
 

@@ -9,7 +9,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
 
-from financing.core.cache import public_page, shows_projects
+from financing.core.cache import lists_projects, public_page, shows_projects
 from financing.core.errors import Conflict, ValidationFailed
 from financing.extensions import db
 from financing.pledges.services import deadline_passed, needs_totals
@@ -93,7 +93,7 @@ def browse():
     per_page = current_app.config["PER_PAGE"]
     query = search_query(filters, public=True).options(*LIST_LOADS)
     projects, total = paginate(query, page, per_page, count_key=("projects", True, filters))
-    shows_projects(project.id for project in projects)
+    lists_projects(project.id for project in projects)
     return render_template(
         "projects/browse.html", form=form, projects=projects, total=total, page=page, per_page=per_page, invalid=False,
     )
