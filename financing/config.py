@@ -40,6 +40,9 @@ class Config:
     # change, so that a deployment never reads what an older version stored.
     CACHE_KEY_PREFIX = "financing:cache:2:"
     CACHE_DEFAULT_TIMEOUT = int(os.environ.get("CACHE_TIMEOUT", "300"))
+    # Entries that the memory cache keeps before it drops some (Flask-Caching's default is
+    # 500). The demo's 1,300 projects each have a page and a generation.
+    CACHE_THRESHOLD = 5000
     # NullCache switches the cache off, and init_cache logs that in place of Flask-Caching's warning.
     CACHE_NO_NULL_WARNING = True
     # Seconds that the cached anonymous pages of totals across projects (home, /stats) may

@@ -505,14 +505,19 @@ def test_other_project_write_keeps_render(client, db, people, kenya_and_ghana, m
     assert client.get(path).headers["X-Cache"] == "hit"
 
 
-def test_restarted_counter_replaces_everything(app, client, db, people, kenya_and_ghana):
-    path = f"/projects/{kenya_and_ghana.ghana}"
+def test_restarted_counter_counts_on(app, client, db, people, kenya_and_ghana):
+    path, other = f"/projects/{kenya_and_ghana.kenya}", f"/projects/{kenya_and_ghana.ghana}"
     client.get(path)
+    client.get(other)
     with app.app_context():
+        before = page_cache.cache.get(page_cache.project_key(kenya_and_ghana.kenya))
         page_cache.cache.delete(page_cache.SEQUENCE_KEY)
         page_cache.new_project_generations([kenya_and_ghana.kenya], "test")
+        after = page_cache.cache.get(page_cache.project_key(kenya_and_ghana.kenya))
 
+    assert after > before
     assert client.get(path).headers["X-Cache"] == "miss"
+    assert client.get(other).headers["X-Cache"] == "hit"
 
 
 def test_lost_project_generation_forces_miss(app, client, db, people, kenya_and_ghana):
@@ -616,3 +621,16 @@ def test_publication_ends_lag(client, db, people, kenya_and_ghana, lagging):
     publish(db, people, "Community networks for Marsabit")
 
     assert client.get("/").headers["X-Cache"] == "miss"
+
+
+def test_pledge_form_keeps_other_pages(app, db, people, kenya_and_ghana, login):
+    anonymous, donor = app.test_client(), app.test_client()
+    ghana_page = f"/projects/{kenya_and_ghana.ghana}"
+    anonymous.get(ghana_page)
+    login(people.donor, donor)
+    form = {"amount": "1000", "currency": "EUR", "kind": "commitment", "idempotency_key": "3f1c2a8e-5b7d-4c1e-9a2f-6d8e0b4c7a19"}
+
+    response = donor.post(f"/needs/{need_of(db, kenya_and_ghana.kenya)}/pledge", data=form)
+
+    assert response.status_code == 302
+    assert anonymous.get(ghana_page).headers["X-Cache"] == "hit"

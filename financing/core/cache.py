@@ -77,16 +77,20 @@ CATALOGUE_KEY = "generation:catalogue"
 FUNDING_KEY = "generation:funding"
 # A counter that every replacement increments first. A project's generation is the counter's
 # value when it was replaced, so a page that reads its projects' generations after rendering
-# can tell a write made during the request (a greater value) and not store the page.
+# can tell a write made during the request (a greater value) and not store the page. It
+# starts at the time in microseconds, so a counter that was lost and starts again still
+# counts on from every value it gave before.
 SEQUENCE_KEY = "generation:sequence"
 # How long a project's generation is kept when nothing replaces it. It only has to outlive
 # the entries stored with it; a project generation that is gone makes them unreachable.
 PROJECT_GENERATION_TIMEOUT = 24 * 3600
 
-# Tables whose rows no cached page or count shows: cached pages are anonymous, and none
-# shows accounts. A commit that wrote only to these keeps the cache.
+# Tables whose rows no cached page or value shows. Cached pages are anonymous, and accounts,
+# suggested matches, allocation runs, review snapshots and Stripe events are shown only to
+# users who are logged in. A commit that wrote only to these keeps the cache.
 UNTRACKED_TABLES = frozenset({
     "audit_entry", "notification", "outbox_message", "notification_preference", "api_token", "user_account",
+    "match", "allocation_run", "allocation_row", "project_snapshot", "stripe_event",
 })
 
 # Tables shown only in totals and reports (the home page, /stats, /dashboard): a write to
@@ -177,10 +181,8 @@ _sequence_lock = threading.Lock()
 def _replace(tokens: dict, reason: str, project_ids: Iterable[int] = ()) -> None:
     try:
         with _sequence_lock:
+            cache.add(SEQUENCE_KEY, time.time_ns() // 1000, timeout=0)
             number = cache.cache.inc(SEQUENCE_KEY)
-        if number == 1:
-            # A counter that starts again could repeat a value that an entry was stored with.
-            tokens = {**tokens, GENERATION_KEY: _token()}
         cache.set_many(tokens, timeout=0)
         if project_ids and number is not None:
             cache.set_many({project_key(project_id): number for project_id in project_ids}, timeout=PROJECT_GENERATION_TIMEOUT)
