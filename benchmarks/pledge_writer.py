@@ -7,8 +7,10 @@ each confirmation is a commit that replaces cache generations exactly as a reque
 
 It creates a donor and a coordinator account and makes one pledge, which creates the
 donor's funder profile, then prints "ready". Every 1/RATE seconds it pledges 1.00 in the
-need's currency to an open need of a random published project and confirms the pledge. It
-stops on SIGTERM or SIGINT and prints one line of JSON with its counts.
+need's currency to an open need of a random published project and confirms the pledge.
+The jobs that a pledge starts (recomputing the project's matches) go to the RQ queue when
+REDIS_URL is set, as after a request. Run `scripts/rq-worker` to process them. It stops on
+SIGTERM or SIGINT and prints one line of JSON with its counts.
 
     .venv/bin/python benchmarks/pledge_writer.py --rate 2
 """
@@ -45,15 +47,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class Stop(BaseException):
-    """The request to stop, raised by the SIGTERM and SIGINT handler.
+# Set by SIGTERM and SIGINT. An exception raised in the handler could be swallowed, for
+# example when the signal arrives while a weakref callback runs, so the loop polls this.
+stop_requested = False
+# Maximum sleep between two checks of stop_requested, in seconds.
+POLL_SECONDS = 0.05
 
-    It is a BaseException, so that the loop's `except Exception` lets it through.
-    """
+
+def request_stop(signum, frame):
+    global stop_requested
+    stop_requested = True
 
 
-def raise_stop(signum, frame):
-    raise Stop
+def sleep_until(moment: float) -> None:
+    """Sleep until the monotonic clock reaches `moment` or a stop is requested."""
+    while not stop_requested and time.monotonic() < moment:
+        time.sleep(min(POLL_SECONDS, moment - time.monotonic()))
 
 
 def account(email: str, role: str):
@@ -87,19 +96,22 @@ def open_needs(rng: random.Random) -> list[tuple[int, str]]:
 
 def pledge_once(donor, coordinator, need: tuple[int, str]) -> None:
     from financing.extensions import db
+    from financing.jobs import run_ready_jobs
     from financing.pledges.services import create_pledge, transition
 
     pledge, _ = create_pledge(donor, need[0], AMOUNT_MINOR, need[1])
     db.session.commit()
     transition(pledge.id, "confirm", coordinator)
     db.session.commit()
+    # Queue the jobs that the commits started (the project's matches), as a request does.
+    run_ready_jobs()
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_stop)
-    signal.signal(signal.SIGINT, raise_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     rng = random.Random(args.seed)
 
     from financing import create_app
@@ -107,27 +119,25 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app()
     pledges_made, failed = 0, 0
-    started = time.monotonic()
-    try:
-        with app.app_context():
-            donor, coordinator = account(DONOR_EMAIL, "donor"), account(COORDINATOR_EMAIL, "coordinator")
-            needs = open_needs(rng)
-            # The first pledge creates the donor's funder profile, a write to another table.
-            pledge_once(donor, coordinator, needs[0])
-            print("ready", flush=True)
-            started = next_at = time.monotonic()
-            while True:
-                next_at += 1 / args.rate
-                time.sleep(max(0.0, next_at - time.monotonic()))
-                try:
-                    pledge_once(donor, coordinator, rng.choice(needs))
-                    pledges_made += 1
-                except Exception:
-                    db.session.rollback()
-                    failed += 1
-                    logger.exception("benchmark pledge failed; continuing")
-    except Stop:
-        pass
+    with app.app_context():
+        donor, coordinator = account(DONOR_EMAIL, "donor"), account(COORDINATOR_EMAIL, "coordinator")
+        needs = open_needs(rng)
+        # The first pledge creates the donor's funder profile, a write to another table.
+        pledge_once(donor, coordinator, needs[0])
+        print("ready", flush=True)
+        started = next_at = time.monotonic()
+        while True:
+            next_at += 1 / args.rate
+            sleep_until(next_at)
+            if stop_requested:
+                break
+            try:
+                pledge_once(donor, coordinator, rng.choice(needs))
+                pledges_made += 1
+            except Exception:
+                db.session.rollback()
+                failed += 1
+                logger.exception("benchmark pledge failed; continuing")
     seconds = time.monotonic() - started
     print(json.dumps({"pledges": pledges_made, "failed": failed, "seconds": round(seconds, 1),
                       "pledges_per_second": round(pledges_made / seconds, 2) if seconds else None}), flush=True)
