@@ -789,9 +789,9 @@ def print_report(figures: dict) -> None:
     print(f"Cache: {'Redis ' + figures['redis_url'] if figures['cache'] else 'off (NullCache)'}, "
           "emptied before each endpoint's warm-up")
     if figures["pledges_per_second"]:
-        made = {name: result["pledge_writer"] for name, result in figures["endpoints"].items() if result.get("pledge_writer")}
-        print(f"Pledges made and confirmed during each page's run, {figures['pledges_per_second']} per second asked: "
-              + "; ".join(f"{name} {writes.get('pledges_per_second')}/s, {writes.get('failed')} failed" for name, writes in made.items()))
+        writer_runs = {name: result["pledge_writer"] for name, result in figures["endpoints"].items() if result.get("pledge_writer")}
+        print(f"Pledges made and confirmed during each page's run, {figures['pledges_per_second']} per second requested: "
+              + "; ".join(f"{name} {writes.get('pledges_per_second')}/s, {writes.get('failed')} failed" for name, writes in writer_runs.items()))
     print(f"{'endpoint':<10} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'non-200':>8} {'hits %':>7} "
           f"{'app CPU ms':>11} {'PG CPU ms':>10} {'load':>12}")
     for name, result in figures["endpoints"].items():

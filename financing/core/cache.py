@@ -99,7 +99,7 @@ REPORT_TABLES = frozenset({"funder"})
 
 # Tables whose rows belong to one project, and how to reach the project from a row: the
 # column naming the parent row, the parent's table (None: the column is the project id),
-# and whether a write can change which projects a list holds or their order. A write to
+# and whether a write can change which projects a list contains or their order. A write to
 # the others (needs, pledges and their ledger) changes only what the project's pages and
 # list entries show, and the totals.
 PROJECT_TABLES = {
@@ -213,7 +213,7 @@ def _flush_scope(session: Session):
     """Return what the flush wrote: None for nothing tracked, ALL, or (projects, catalogue).
 
     `projects` is the set of projects whose rows it wrote, empty when it wrote only report
-    tables, and `catalogue` tells whether it may have changed which projects a list holds.
+    tables, and `catalogue` is True when it may have changed which projects a list contains.
     """
     instances = list(chain(session.new, session.dirty, session.deleted))
     # Rows inserted by this flush are not in the identity map until it ends.
@@ -362,7 +362,7 @@ def shows_projects(project_ids: Iterable[int]) -> None:
 
 
 def lists_projects(project_ids: Iterable[int]) -> None:
-    """Declare a list of projects: like shows_projects, and any write that may change which projects a list holds makes it unreachable."""
+    """Declare a list of projects, like shows_projects; a write that may change which projects a list contains also makes it unreachable."""
     if has_request_context():
         shows_projects(project_ids)
         request.environ[LISTED] = True
