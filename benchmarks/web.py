@@ -245,6 +245,7 @@ class SeedFigures:
     needs: int = 0
     tags: int = 0
     funders: int = 0
+    preferences: int = 0
     pledges: int = 0
     seconds: float = 0.0
     public_ids: list[int] = field(default_factory=list)
@@ -321,7 +322,8 @@ def seed(database_url: str, projects: int, rng: random.Random) -> SeedFigures:
     started = time.perf_counter()
     app = build_app(database_url)
     with app.app_context():
-        tables = {name: db.metadata.tables[name] for name in ("organisation", "funder", "project", "project_tag", "funding_need", "pledge")}
+        names = ("organisation", "funder", "funder_preference", "project", "project_tag", "funding_need", "pledge")
+        tables = {name: db.metadata.tables[name] for name in names}
         db.engine.dispose()
     countries_by_region: dict[str, list[str]] = {}
     for code, country in reference.countries().items():
@@ -347,8 +349,11 @@ def seed(database_url: str, projects: int, rng: random.Random) -> SeedFigures:
 
         funder_count = max(20, projects // 50)
         copier = Copier(connection, tables["funder"], now)
+        institutions: set[int] = set()
         for index in range(1, funder_count + 1):
             institution = rng.random() < 0.3
+            if institution:
+                institutions.add(index)
             copier.write({"id": index, "name": f"Benchmark {'fund' if institution else 'donor'} {index}",
                           "kind": "institution" if institution else "individual", "currency": "EUR"})
         copier.flush()
@@ -426,6 +431,19 @@ def seed(database_url: str, projects: int, rng: random.Random) -> SeedFigures:
         figures.projects, figures.tags, figures.needs, figures.pledges = (
             project_copier.rows, tag_copier.rows, need_copier.rows, pledge_copier.rows
         )
+
+        # Preferences are drawn after the projects, so the projects of a seed do not depend on them.
+        # Matching needs them: a funder without a preferred region or theme is never suggested.
+        preference_copier = Copier(connection, tables["funder_preference"], now)
+        for funder_id in range(1, funder_count + 1):
+            institution = funder_id in institutions
+            chosen = {("theme", weighted(rng, THEME_WEIGHTS)) for _ in range(rng.randint(1, 3) if institution else 1)}
+            if institution or rng.random() < 0.5:
+                chosen |= {("region", weighted(rng, REGION_WEIGHTS)) for _ in range(rng.randint(1, 2))}
+            for kind, code in sorted(chosen):
+                preference_copier.write({"funder_id": funder_id, "kind": kind, "code": code})
+        preference_copier.flush()
+        figures.preferences = preference_copier.rows
         for table in ("organisation", "funder", "project", "funding_need", "pledge"):
             connection.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
         connection.commit()
@@ -444,6 +462,7 @@ def existing_figures(database_url: str) -> SeedFigures:
             organisations=count("SELECT count(*) FROM organisation"), projects=count("SELECT count(*) FROM project"),
             needs=count("SELECT count(*) FROM funding_need"), tags=count("SELECT count(*) FROM project_tag"),
             funders=count("SELECT count(*) FROM funder"), pledges=count("SELECT count(*) FROM pledge"),
+            preferences=count("SELECT count(*) FROM funder_preference"),
         )
         figures.public_ids = [row[0] for row in connection.execute(
             "SELECT id FROM project WHERE status IN ('published', 'funded', 'closed') ORDER BY id")]

@@ -16,8 +16,8 @@ from financing.core.time import utcnow
 from financing.funders.models import Funder, FunderPreference
 from financing.funders.services import FunderInput, funder_for_user, update_funder
 from financing.matching.engine import (
-    DEFAULT_MIN_SCORE, DEFAULT_WEIGHTS, PARTS, MatchSettings, explain, funder_profile, project_profile, run_matching, score_pair,
-    short_range,
+    DEFAULT_MIN_SCORE, DEFAULT_WEIGHTS, PARTS, MatchSettings, explain, funder_profile, load_funder_profiles, project_profile,
+    run_matching, score_pair, short_range,
 )
 from financing.matching.models import Match
 from financing.matching.services import MatchFilters, accept_match, get_match, list_matches, reject_match
@@ -294,6 +294,39 @@ def test_capacity_used_up(db, build_project, build_funder):
 def test_capacity_without_budget_neutral(db, build_project, build_funder):
     pair = score(build_project(), build_funder())
     assert pair.parts["capacity"] == 0.5
+
+
+def test_loaded_profiles_match_models(db, build_project, build_funder):
+    """The plain rows give the same profiles as the models, with weights and budget use."""
+    from decimal import Decimal
+
+    learned = build_funder(name="Learned", currency="USD", ticket_min=EUR_MILLION, ticket_max=9 * EUR_MILLION,
+                           budget=10 * EUR_MILLION, decision_days=90, learned_from=12)
+    learned.preferences = [
+        FunderPreference(kind="country", code="KE", weight=Decimal("0.6")),
+        FunderPreference(kind="region", code="africa", weight=Decimal("0.9")),
+        FunderPreference(kind="sector", code="22040", weight=Decimal("0.35")),
+        FunderPreference(kind="sector", code="22030", weight=Decimal("0.65")),
+        FunderPreference(kind="theme", code="broadband"),
+    ]
+    by_hand = build_funder(name="By hand", regions=["asia-pacific"], themes=["e-government"], sectors=["15110"],
+                           budget=5 * EUR_MILLION)
+    bare = build_funder(name="No preferences")
+    db.session.commit()
+    project = build_project(needs=[{"goal_minor": 20 * EUR_MILLION}])
+    now = utcnow()
+    confirm_pledge(db, by_hand, project.needs[0], 3 * EUR_MILLION, now)
+
+    loaded = load_funder_profiles(now)
+
+    assert [profile.id for profile in loaded] == [learned.id, by_hand.id, bare.id]
+    assert loaded[0] == funder_profile(learned, 0, now.year)
+    assert loaded[1] == funder_profile(by_hand, 3 * EUR_MILLION, now.year)
+    assert loaded[2] == funder_profile(bare, 0, now.year)
+    assert loaded[0].weights["sector"] == {"22030": 0.65, "22040": 0.35}
+    assert loaded[0].categories == {"220": "22030"}
+    assert loaded[1].used_minor == 3 * EUR_MILLION
+    assert load_funder_profiles(now, by_hand.id) == [loaded[1]]
 
 
 # Time

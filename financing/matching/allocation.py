@@ -83,7 +83,7 @@ from financing.funders.models import Funder
 from financing.matching.allocation_models import AllocationRow, AllocationRun
 from financing.matching.engine import (
     PARTS, PRECISION, FunderProfile, MatchSettings, PairScore, ProjectProfile, budget_used, explain,
-    funder_profile, has_evidence, inputs_digest, project_profile, score_pair,
+    funder_profile, has_evidence, inputs_digest, load_funder_profiles, project_profile, score_pair,
 )
 from financing.matching.models import Match
 from financing.money import convert, minor_units
@@ -868,12 +868,6 @@ def _open_projects(now: datetime) -> list[ProjectProfile]:
     return [profile for profile in profiles if profile is not None]
 
 
-def _funder_profiles(now: datetime) -> list[FunderProfile]:
-    used = budget_used(now)
-    query = select(Funder).options(selectinload(Funder.preferences)).order_by(Funder.id)
-    return [funder_profile(funder, used.get((funder.id, funder.currency), 0), now.year) for funder in db.session.scalars(query)]
-
-
 def _rejected_pairs() -> frozenset[tuple[int, int]]:
     rows = db.session.execute(select(Match.project_id, Match.funder_id).where(Match.status == "rejected"))
     return frozenset((project_id, funder_id) for project_id, funder_id in rows)
@@ -894,7 +888,7 @@ def run_allocation(user: User) -> AllocationRun:
     logger.info("allocation run started user=%s method=%s", user.id, settings.method)
 
     projects = _open_projects(now)
-    funders = _funder_profiles(now)
+    funders = load_funder_profiles(now)
     problem = build_problem(
         projects, funders, match_settings.weights, match_settings.min_score, today,
         rate_of=lambda base, quote: find_rate(base, quote, today),

@@ -55,7 +55,7 @@ from financing import reference
 from financing.core.errors import NotFound
 from financing.core.time import utcnow
 from financing.extensions import db
-from financing.funders.models import Funder
+from financing.funders.models import Funder, FunderPreference
 from financing.matching.models import Match
 from financing.money import format_compact, to_decimal
 from financing.pledges.models import Pledge, PledgeEvent
@@ -684,10 +684,38 @@ def project_profile(project: Project, now: datetime) -> ProjectProfile | None:
 
 def funder_profile(funder: Funder, used_minor: int, year: int) -> FunderProfile:
     """Snapshot a funder with its preferences and its budget use this year."""
-    sectors = funder.sectors
+    preferences = [(row.kind, row.code, row.weight) for row in funder.preferences]
+    return _snapshot(_FunderRow.of(funder), preferences, used_minor, year)
+
+
+@dataclass(frozen=True)
+class _FunderRow:
+    """The columns of a funder that its snapshot reads."""
+
+    id: int
+    currency: str
+    ticket_min_minor: int | None
+    ticket_max_minor: int | None
+    annual_budget_minor: int | None
+    decision_days: int | None
+    learned_from: int | None
+
+    @classmethod
+    def of(cls, funder: Funder) -> "_FunderRow":
+        return cls(*(getattr(funder, name) for name in cls.__dataclass_fields__))
+
+
+def _snapshot(funder: _FunderRow, preferences: list[tuple[str, str, Decimal | None]], used_minor: int,
+              year: int) -> FunderProfile:
+    codes: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    weights: dict[str, dict[str, float]] = {kind: {} for kind in KINDS}
+    for kind, code, weight in preferences:
+        codes[kind].add(code)
+        # A preference set by hand (weight None) weighs 1.
+        weights[kind][code] = 1.0 if weight is None else float(weight)
     categories: dict[str, str] = {}
     sector_themes: dict[str, str] = {}
-    for code in sectors:
+    for code in sorted(codes["sector"]):
         categories.setdefault(_category_of(code), code)
         for theme in _themes_of(code):
             sector_themes.setdefault(theme, code)
@@ -698,25 +726,42 @@ def funder_profile(funder: Funder, used_minor: int, year: int) -> FunderProfile:
         ticket_max_minor=funder.ticket_max_minor,
         annual_budget_minor=funder.annual_budget_minor,
         decision_days=funder.decision_days,
-        countries=frozenset(funder.countries),
-        regions=frozenset(funder.regions),
-        themes=frozenset(funder.themes),
-        sectors=frozenset(sectors),
+        countries=frozenset(codes["country"]),
+        regions=frozenset(codes["region"]),
+        themes=frozenset(codes["theme"]),
+        sectors=frozenset(codes["sector"]),
         categories=categories,
         sector_themes=sector_themes,
         used_minor=used_minor,
         year=year,
-        weights=preference_weights(funder),
+        weights=weights,
         activities=funder.learned_from or 0,
     )
 
 
-def preference_weights(funder: Funder) -> dict[str, dict[str, float]]:
-    """Read a funder's preference weights by kind; a preference set by hand (weight None) weighs 1."""
-    weights: dict[str, dict[str, float]] = {kind: {} for kind in KINDS}
-    for preference in funder.preferences:
-        weights[preference.kind][preference.code] = 1.0 if preference.weight is None else float(preference.weight)
-    return weights
+def load_funder_profiles(now: datetime, funder_id: int | None = None) -> list[FunderProfile]:
+    """Snapshot every funder, or one, in id order, from two queries of plain rows.
+
+    Each pledge starts a recomputation that reads all funders, so this builds no ORM objects.
+    With 2,000 funders, building them took about 150 of the 180 ms of a project's recomputation.
+    """
+    columns = [getattr(Funder, name) for name in _FunderRow.__dataclass_fields__]
+    funder_query = select(*columns).order_by(Funder.id)
+    preference_query = select(FunderPreference.funder_id, FunderPreference.kind, FunderPreference.code,
+                              FunderPreference.weight)
+    if funder_id is not None:
+        funder_query = funder_query.where(Funder.id == funder_id)
+        preference_query = preference_query.where(FunderPreference.funder_id == funder_id)
+    preferences: dict[int, list[tuple[str, str, Decimal | None]]] = {}
+    for owner, kind, code, weight in db.session.execute(preference_query):
+        preferences.setdefault(owner, []).append((kind, code, weight))
+    used = budget_used(now, funder_id)
+    # NOTE: a confirmed pledge whose own currency and need currency both differ from the
+    # funder's currency is not counted against its budget, for want of an exchange rate.
+    return [
+        _snapshot(row, preferences.get(row.id, []), used.get((row.id, row.currency), 0), now.year)
+        for row in (_FunderRow(*values) for values in db.session.execute(funder_query))
+    ]
 
 
 def budget_used(now: datetime, funder_id: int | None = None) -> dict[tuple[int, str], int]:
@@ -760,19 +805,6 @@ def _load_projects(project_id: int | None, now: datetime) -> list[ProjectProfile
         query = query.where(Project.id == project_id)
     profiles = (project_profile(project, now) for project in db.session.scalars(query))
     return [profile for profile in profiles if profile is not None]
-
-
-def _load_funders(funder_id: int | None, now: datetime) -> list[FunderProfile]:
-    query = select(Funder).options(selectinload(Funder.preferences)).order_by(Funder.id)
-    if funder_id is not None:
-        query = query.where(Funder.id == funder_id)
-    used = budget_used(now, funder_id)
-    # NOTE: a confirmed pledge whose own currency and need currency both differ from the
-    # funder's currency is not counted against its budget, for want of an exchange rate.
-    return [
-        funder_profile(funder, used.get((funder.id, funder.currency), 0), now.year)
-        for funder in db.session.scalars(query)
-    ]
 
 
 def _load_matches(project_id: int | None) -> dict[tuple[int, int], Match]:
@@ -899,7 +931,7 @@ def run_matching(project_id: int | None = None, funder_id: int | None = None) ->
     from financing.matching import vector
 
     projects = _load_projects(project_id, now)
-    funders = _load_funders(funder_id, now)
+    funders = load_funder_profiles(now, funder_id)
     funder_by_id = {funder.id: funder for funder in funders}
     existing = _load_matches(project_id)
     run = _Run(settings)
