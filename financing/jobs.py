@@ -5,10 +5,12 @@ its own transaction. In production it goes to an RQ queue on Redis, where an `rq
 process runs it. Jobs must be safe to run twice.
 """
 
+import gc
 import logging
 from importlib import import_module
 
 from flask import current_app, has_app_context, has_request_context, request
+from rq import Worker
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -40,12 +42,45 @@ def _resolve(name: str):
     return getattr(import_module(module), function)
 
 
+# The app of a worker process, built once by AppWorker before its jobs' processes fork.
+_worker_app = None
+
+
+def worker_app():
+    """Return the worker process's app, building it on first use (about 1 s)."""
+    global _worker_app
+    if _worker_app is None:
+        from financing import create_app
+
+        _worker_app = create_app()
+        with _worker_app.app_context():
+            # Each job runs in a forked process, which must open database connections of its own.
+            db.engine.dispose()
+    return _worker_app
+
+
+class AppWorker(Worker):
+    """RQ worker that builds the app and imports the jobs before forking a process for each job.
+
+    Without it, each job would build a new app, about 1 s on an idle machine. The objects
+    built here are then frozen out of the garbage collector, so that a job's collections do
+    not walk them and copy their memory pages: a match recomputation at 2,000 funders takes
+    65 ms in the forked process instead of 160 ms (measured on the web benchmark's data).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        worker_app()
+        for name in JOBS:
+            _resolve(name)
+        gc.collect()
+        gc.freeze()
+
+
 def run_job(name: str, kwargs: dict) -> None:
     """Run one job in its own transaction; the RQ worker entry point."""
     if not has_app_context():
-        from financing import create_app
-
-        with create_app().app_context():
+        with worker_app().app_context():
             return run_job(name, kwargs)
     logger.info("job started name=%s args=%s", name, kwargs)
     try:

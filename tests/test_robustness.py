@@ -4,6 +4,8 @@
   again, ends with the same rows as an import that was never interrupted.
 - An RQ worker killed with its work horse while they run a job: a new worker retries the
   job and completes it.
+- An RQ worker started by scripts/rq-worker builds the app once, before the processes of
+  its jobs fork, and not once per job.
 
 Both start real processes on the test database, so they run on PostgreSQL only. The RQ
 test also needs Redis on 127.0.0.1:6379 and uses database 7 of it, which it empties.
@@ -346,3 +348,39 @@ def test_killed_worker_job_retried(app, db, make_user, redis_db7, monkeypatch, t
             blocker.close()
         for worker in workers:
             stop(worker)
+
+
+def test_worker_builds_app_once(app, db, make_user, redis_db7, monkeypatch, tmp_path):
+    from rq import Queue
+
+    monkeypatch.setitem(app.config, "JOBS_INLINE", False)
+    monkeypatch.setitem(app.config, "REDIS_URL", REDIS_URL)
+    owner = make_user("owner", organisation="Ministry of ICT, Kenya")
+    coordinator = make_user("coordinator", organisation=None)
+    funder = Funder(name="Broadband Fund for Africa", kind="institution", currency="EUR")
+    funder.preferences = [FunderPreference(kind="region", code="africa")]
+    db.session.add(funder)
+    projects = []
+    for title in ("Rural broadband for Turkana", "Fibre for Kisumu", "Towers for Garissa"):
+        project = create_project(owner, ProjectInput(
+            title=title, countries=["KE"], needs=[NeedInput(title="Towers", goal_minor=200_000_000, currency="EUR")],
+        ))
+        submit_project(owner, project)
+        publish_project(coordinator, project)
+        projects.append(project)
+    db.session.commit()
+    run_ready_jobs()
+    assert Queue(QUEUE_NAME, connection=redis_db7).count >= 3
+
+    log_path = tmp_path / "worker.log"
+    env = child_environment(REDIS_URL=REDIS_URL)
+    with open(log_path, "ab") as log:
+        subprocess.run([str(ROOT / "scripts" / "rq-worker"), "--burst"], cwd=ROOT, env=env, stdout=log,
+                       stderr=subprocess.STDOUT, timeout=120, check=True)
+
+    output = log_path.read_text(errors="replace")
+    assert output.count("app created") == 1, output[-3000:]
+    assert output.count("job finished name=match.project") == 3, output[-3000:]
+    db.session.rollback()
+    for project in projects:
+        assert db.session.scalar(select(func.count()).select_from(Match).where(Match.project_id == project.id)) == 1
