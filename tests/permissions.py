@@ -266,17 +266,16 @@ API = [
     Row("GET", "/api/v1/rates", api_public()),
     Row("GET", "/api/v1/rates/history", api_public()),
 
-    # Projects. Coordinators have no organisation, so creating a project is a 422 for them.
-    Row("POST", "/api/v1/projects", statuses(UNAUTHORIZED, 201, 201, 403, 403, 422, 422), data={
+    # Projects: only owners write them, as on the pages.
+    Row("POST", "/api/v1/projects", statuses(UNAUTHORIZED, 201, 201, 403, 403, 403, 403), data={
         "title": "Fibre for Mombasa schools",
         "needs": [{"title": "Fibre", "goal": {"amount": "30000.00", "currency": "EUR"}}],
     }),
-    # Coordinators may edit, submit and withdraw any project through the API, because check_owner
-    # lets coordinators through. The pages keep those actions for owners.
-    Row("PATCH", "/api/v1/projects/{draft_project}", statuses(UNAUTHORIZED, 200, 404, 404, 404, 200, 200),
+    # Coordinators see drafts but do not write them, so they get a 403 where others get a 404.
+    Row("PATCH", "/api/v1/projects/{draft_project}", statuses(UNAUTHORIZED, 200, 404, 404, 404, 403, 403),
         data={"summary": "Feasibility study of the backbone."}),
-    Row("POST", "/api/v1/projects/{draft_project}/submit", statuses(UNAUTHORIZED, 200, 404, 404, 404, 200, 200)),
-    Row("POST", "/api/v1/projects/{published_project}/withdraw", statuses(UNAUTHORIZED, 200, 403, 403, 403, 200, 200)),
+    Row("POST", "/api/v1/projects/{draft_project}/submit", statuses(UNAUTHORIZED, 200, 404, 404, 404, 403, 403)),
+    Row("POST", "/api/v1/projects/{published_project}/withdraw", statuses(UNAUTHORIZED, 200, 403, 403, 403, 403, 403)),
     Row("POST", "/api/v1/projects/{submitted_project}/publish", api_coordinators(200)),
     Row("POST", "/api/v1/projects/{submitted_project}/return", api_coordinators(200), data={"reason": "Add a budget."}),
 

@@ -161,7 +161,7 @@ def _fill(project: Project, data: ProjectInput) -> None:
 
 def create_project(owner: User, data: ProjectInput, source: str = "form") -> Project:
     """Create a draft project with its needs for the owner's organisation."""
-    if owner.role != "owner" and not owner.is_coordinator:
+    if owner.role != "owner":
         raise Forbidden("Only project owners can create projects.")
     if owner.organisation_id is None:
         raise ValidationFailed("Your account has no organisation.", {"organisation": "Your account has no organisation; ask an admin to add one."})
@@ -176,8 +176,10 @@ def create_project(owner: User, data: ProjectInput, source: str = "form") -> Pro
 
 
 def check_owner(user: User, project: Project) -> None:
-    if user.is_coordinator:
-        return
+    """Raise Forbidden unless the user is an owner of the project's organisation.
+
+    Coordinators review projects but do not write them: they return a project with a reason.
+    """
     if user.role != "owner" or user.organisation_id != project.organisation_id:
         raise Forbidden("You can only change projects of your own organisation.")
 
@@ -185,12 +187,12 @@ def check_owner(user: User, project: Project) -> None:
 def update_project(user: User, project: Project, data: ProjectInput) -> Project:
     """Replace a project's fields and needs; owners may edit until it is published."""
     check_owner(user, project)
-    if project.status not in EDITABLE and not user.is_coordinator:
+    if project.status not in EDITABLE:
         raise Conflict(f"A {project.status} project cannot be edited.", {"status": project.status})
     validate(data)
     before = project_fields(project)
     _fill(project, data)
-    if project.status == "submitted" and not user.is_coordinator:
+    if project.status == "submitted":
         project.status = "draft"
     db.session.flush()
     audit.record_changes(user, "update", "project", project.id, before, project_fields(project))
