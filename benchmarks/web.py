@@ -183,6 +183,8 @@ def sync_indexes(database_url: str) -> tuple[list[str], list[str]]:
     created, dropped = [], []
     with app.app_context():
         with db.engine.begin() as connection:
+            # Creating the tables would have created it (financing/projects/models.py).
+            connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
             inspector = inspect(connection)
             for table in db.metadata.sorted_tables:
                 declared = {index.name for index in table.indexes}

@@ -23,6 +23,20 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def schema_objects_of(dialect: str):
+    """Return an Alembic `include_object` hook that leaves out indexes of other databases.
+
+    Such an index is declared with `.ddl_if(dialect=...)` and the same name in
+    `info["dialect"]`, which Alembic's comparison cannot see otherwise.
+    """
+
+    def include(obj, name, type_, reflected, compare_to) -> bool:
+        only_on = obj.info.get("dialect") if type_ == "index" else None
+        return only_on is None or only_on == dialect
+
+    return include
+
+
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 login_manager = LoginManager()

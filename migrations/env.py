@@ -93,6 +93,9 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        from financing.extensions import schema_objects_of
+
+        conf_args.setdefault("include_object", schema_objects_of(connection.dialect.name))
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),

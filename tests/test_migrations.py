@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from financing import create_app
 from financing.config import TestConfig
-from financing.extensions import db
+from financing.extensions import db, schema_objects_of
 
 
 @pytest.fixture
@@ -42,7 +42,8 @@ def test_upgrade_matches_models(empty_database_url):
     with app.app_context():
         upgrade()
         with db.engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            include = schema_objects_of(connection.dialect.name)
+            context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include})
             differences = compare_metadata(context, db.metadata)
             tables = set(inspect(connection).get_table_names())
         db.engine.dispose()

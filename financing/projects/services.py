@@ -337,8 +337,7 @@ def search_query(filters: ProjectFilters, public: bool = True) -> Select:
         query = query.where(_tagged("sector", filters.sector))
     if filters.q:
         # Every word of q is folded like Project.search_text, so that "telecom" finds "Télécom".
-        # NOTE: LIKE '%word%' uses no index, so it reads search_text of every project left by
-        # the other filters. A pg_trgm GIN index would serve it on PostgreSQL.
+        # On PostgreSQL, ix_project_search_text_trgm serves words of three letters or more.
         words_match = matches_all_words(Project.search_text, filters.q)
         if words_match is not None:
             query = query.where(words_match)
