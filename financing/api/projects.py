@@ -20,6 +20,7 @@ from financing.core.errors import ValidationFailed
 from financing.extensions import db
 from financing.projects.models import Project
 from financing.projects.services import (
+    DETAIL_LOADS,
     LIST_LOADS,
     NeedInput,
     ProjectFilters,
@@ -130,7 +131,7 @@ def create_project_view():
     description="Unpublished projects are visible only to their organisation and to coordinators.",
 )
 def get_project_view(project_id: int):
-    project = get_project(project_id, viewer())
+    project = get_project(project_id, viewer(), loads=DETAIL_LOADS)
     shows_projects([project.id])
     return _project_response(project)
 
