@@ -743,7 +743,8 @@ def load_funder_profiles(now: datetime, funder_id: int | None = None) -> list[Fu
     """Snapshot every funder, or one, in id order, from two queries of plain rows.
 
     Each pledge starts a recomputation that reads all funders, so this builds no ORM objects.
-    With 2,000 funders, building them took about 150 of the 180 ms of a project's recomputation.
+    With 2,000 funders, a project's recomputation took a median of 166 ms with ORM objects and
+    39 ms with plain rows (in-process, see docs/benchmarks.md, "Matching speed").
     """
     columns = [getattr(Funder, name) for name in _FunderRow.__dataclass_fields__]
     funder_query = select(*columns).order_by(Funder.id)
