@@ -2,11 +2,16 @@
 
 import random
 from datetime import date, timedelta
+from decimal import Decimal
 
+import numpy as np
 import pytest
 
 from financing.matching import vector
+from financing.matching.allocation import build_problem
 from financing.matching.engine import (
+    DEFAULT_MIN_SCORE,
+    DEFAULT_WEIGHTS,
     FunderProfile,
     MatchSettings,
     NeedProfile,
@@ -104,3 +109,35 @@ def test_top_funders_keeps_best_first_and_minimum(app):
         got = top.get(project.id, [])
         assert [score for _, score in got] == pytest.approx([score for _, score in expected], abs=6e-5)
         assert all(score >= 0.3 - 1e-4 for _, score in got)
+
+
+# Rates between the test currencies, except USD to XOF, so that some pairs have no rate.
+RATES = {("EUR", "USD"): Decimal("1.08"), ("USD", "EUR"): Decimal("0.92"), ("EUR", "XOF"): Decimal("655.957"),
+         ("XOF", "EUR"): Decimal("0.001524"), ("XOF", "USD"): Decimal("0.00165")}
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("min_score", [0.0, DEFAULT_MIN_SCORE, 0.35])
+def test_allocation_problem_matches_exact_scoring(app, seed, min_score):
+    rng = random.Random(seed)
+    projects = [random_project(rng, number) for number in range(150)]
+    funders = [random_funder(rng, number) for number in range(50)]
+    rejected = frozenset((project.id, funder.id) for project in projects[::9] for funder in funders[::4])
+
+    def build(exact: bool):
+        return build_problem(projects, funders, DEFAULT_WEIGHTS, min_score, TODAY, lambda base, quote: RATES.get((base, quote)),
+                             rejected=rejected, exact=exact)
+
+    exact, fast = build(True), build(False)
+
+    assert exact.size > 100
+    assert fast.skipped == exact.skipped
+    assert fast.needs == exact.needs
+    assert fast.funders == exact.funders
+    assert fast.pair_funder.tolist() == exact.pair_funder.tolist()
+    assert fast.pair_need.tolist() == exact.pair_need.tolist()
+    assert fast.low_minor.tolist() == exact.low_minor.tolist()
+    assert fast.high_minor.tolist() == exact.high_minor.tolist()
+    # Both round to 4 decimals, so a score may differ by one unit of the last decimal.
+    assert np.abs(fast.score - exact.score).max() <= 1e-4 + 1e-9
+    assert fast.rates == exact.rates

@@ -81,6 +81,7 @@ from financing.core.time import utcnow
 from financing.extensions import db
 from financing.funders.models import Funder
 from financing.matching.allocation_models import AllocationRow, AllocationRun
+from financing.matching import vector
 from financing.matching.engine import (
     PARTS, PRECISION, FunderProfile, MatchSettings, PairScore, ProjectProfile, budget_used, explain,
     funder_profile, has_evidence, inputs_digest, load_funder_profiles, project_profile, score_pair,
@@ -269,6 +270,11 @@ def _max_for_need(remaining_minor: int, funder_currency: str, need_currency: str
     return amount
 
 
+# The vectorised scores agree with engine.score_pair to about 1e-6. A pair below the minimum
+# score by more than this margin is left out without scoring it exactly.
+PREFILTER_MARGIN = 1e-4
+
+
 def build_problem(
     projects: Iterable[ProjectProfile],
     funders: Iterable[FunderProfile],
@@ -278,11 +284,17 @@ def build_problem(
     rate_of: Callable[[str, str], Decimal | None],
     unbudgeted_tickets: int = DEFAULT_UNBUDGETED_TICKETS,
     rejected: frozenset[tuple[int, int]] = frozenset(),
+    exact: bool = False,
 ) -> Problem:
-    """Score every funder-need pair with engine.score_pair and keep the pairs that can take money.
+    """Score every funder-need pair and keep the pairs that can take money.
 
-    NOTE: the pairs are scored one by one in Python, about 56 s at 10,000 needs x 500 funders
-    (docs/benchmarks.md); the vectorised scorer keeps only each project's best need.
+    `vector.all_scores` scores all pairs at once, in float32. Pairs without evidence or below
+    `min_score` by more than PREFILTER_MARGIN are left out, and pairs above it by more keep
+    the float32 score rounded as engine.score_pair rounds, which equals score_pair's but
+    where the two fall on either side of a rounding boundary. score_pair decides the pairs in
+    between, so the pairs kept are those the engine's rules keep. With `exact`, score_pair
+    scores every pair: the same pairs and bounds, slowly. The rows of a run are scored again
+    with score_pair when they are stored.
 
     `rate_of(funder_currency, need_currency)` returns the stored rate or None; it is asked once
     per currency pair. `rejected` contains the (project_id, funder_id) pairs whose match a coordinator rejected.
@@ -309,31 +321,66 @@ def build_problem(
             slots.append(FunderSlot(funder.id, funder.currency, capacity))
             profiles.append(funder)
 
+    singles_of = [single_need_projects(project) for project in projects]
+    flat = [single for singles in singles_of for single in singles]
+    if exact:
+        scores = np.full((len(flat), len(profiles)), np.inf, dtype=np.float32)
+        evidence = np.ones((len(flat), len(profiles)), dtype=bool)
+    else:
+        scores, evidence = vector.all_scores(flat, profiles, weights, today)
+    threshold = np.float32(min_score - PREFILTER_MARGIN)
+    funder_index_of = {funder.id: index for index, funder in enumerate(profiles)}
+    rejected_of: dict[int, list[int]] = defaultdict(list)
+    for project_id, funder_id in rejected:
+        if funder_id in funder_index_of:
+            rejected_of[project_id].append(funder_index_of[funder_id])
+
     rates: dict[tuple[str, str], Decimal | None] = {}
     needs: list[NeedSlot] = []
     pair_funder: list[int] = []
     pair_need: list[int] = []
-    scores: list[float] = []
+    pair_scores: list[float] = []
     lows: list[int] = []
     highs: list[int] = []
-    for project in projects:
-        singles = single_need_projects(project)
+    first_row = 0
+    for project, singles in zip(projects, singles_of):
+        rows = slice(first_row, first_row + len(singles))
+        first_row += len(singles)
         first_need = len(needs)
         needs.extend(NeedSlot(need.id, project.id, need.currency, need.remaining_minor) for need in project.needs)
-        for funder_index, funder in enumerate(profiles):
-            if (project.id, funder.id) in rejected:
-                skipped.rejected += len(singles)
-                continue
-            for offset, single in enumerate(singles):
+        if not singles or not profiles:
+            continue
+        # Evidence comes from the project's region and theme, the same for all its needs.
+        eligible = evidence[rows.start].copy()
+        rejected_here = rejected_of.get(project.id, [])
+        skipped.rejected += len(rejected_here) * len(singles)
+        eligible[rejected_here] = False
+        with_evidence = evidence[rows.start].copy()
+        with_evidence[rejected_here] = True
+        skipped.no_evidence += int((~with_evidence).sum()) * len(singles)
+        passing = eligible[None, :] & (scores[rows] >= threshold)
+        skipped.below_min_score += int(eligible.sum()) * len(singles) - int(passing.sum())
+
+        for funder_index in np.flatnonzero(passing.any(axis=0)).tolist():
+            funder = profiles[funder_index]
+            offsets = np.flatnonzero(passing[:, funder_index]).tolist()
+            column = scores[rows, funder_index].tolist()
+            for position, offset in enumerate(offsets):
+                single = singles[offset]
                 need = single.needs[0]
-                pair = score_pair(single, funder, weights, today)
-                # Region and theme evidence do not depend on the need: without it, no need of the project qualifies.
-                if not has_evidence(pair):
-                    skipped.no_evidence += len(singles)
-                    break
-                if pair.score < min_score:
-                    skipped.below_min_score += 1
-                    continue
+                # Rounded as score_pair rounds; the two agree but at a rounding boundary.
+                score = round(column[offset], PRECISION)
+                if exact or score < min_score + PREFILTER_MARGIN:
+                    # Near the minimum, the engine's own score decides.
+                    pair = score_pair(single, funder, weights, today)
+                    # Region and theme evidence do not depend on the need: without it, no need of the project qualifies.
+                    if not has_evidence(pair):
+                        skipped.no_evidence += len(offsets) - position
+                        break
+                    if pair.score < min_score:
+                        skipped.below_min_score += 1
+                        continue
+                    score = pair.score
                 key = (funder.currency, need.currency)
                 if key not in rates:
                     rates[key] = Decimal(1) if key[0] == key[1] else rate_of(*key)
@@ -351,7 +398,7 @@ def build_problem(
                     continue
                 pair_funder.append(funder_index)
                 pair_need.append(first_need + offset)
-                scores.append(pair.score)
+                pair_scores.append(score)
                 lows.append(low)
                 highs.append(high)
 
@@ -360,7 +407,7 @@ def build_problem(
         rates={key: rate for key, rate in rates.items() if rate is not None},
         pair_funder=np.asarray(pair_funder, dtype=np.int64),
         pair_need=np.asarray(pair_need, dtype=np.int64),
-        score=np.asarray(scores, dtype=np.float64),
+        score=np.asarray(pair_scores, dtype=np.float64),
         low_minor=np.asarray(lows, dtype=np.int64),
         high_minor=np.asarray(highs, dtype=np.int64),
         skipped=skipped, open_minor=dict(open_minor), objective_currency=objective_currency, values=values,

@@ -318,6 +318,29 @@ def score_block(block: NeedBlock, funders: FunderMatrix, weights: dict[str, floa
     return scores, evidence
 
 
+def all_scores(projects: Sequence[ProjectProfile], funders: Sequence[FunderProfile], weights: dict[str, float],
+               today: date, block_needs: int = BLOCK_NEEDS) -> tuple[np.ndarray, np.ndarray]:
+    """Return (scores, evidence) of every project with every funder: projects x funders, in input order.
+
+    Each project scores at its best need, so a caller that wants every need scored passes one
+    profile per need. Scores are float32 and agree with `engine.score_pair` to about 1e-6.
+    """
+    scores = np.zeros((len(projects), len(funders)), dtype=np.float32)
+    evidence = np.zeros((len(projects), len(funders)), dtype=bool)
+    if not projects or not funders:
+        return scores, evidence
+    matrix = FunderMatrix.build(funders, weights, {})
+    currencies = {profile.currency: int(index) for profile, index in zip(matrix.profiles, matrix.currency)}
+    first = 0
+    for chunk in _blocks(projects, block_needs):
+        block = NeedBlock.build(chunk, matrix, today, dict(currencies))
+        block_scores, block_evidence = score_block(block, matrix, weights)
+        scores[first:first + len(chunk)] = block_scores
+        evidence[first:first + len(chunk)] = block_evidence
+        first += len(chunk)
+    return scores, evidence
+
+
 def _blocks(projects: Sequence[ProjectProfile], size: int) -> list[list[ProjectProfile]]:
     """Cut the projects into runs of about `size` needs, never splitting a project."""
     blocks, current, count = [], [], 0
