@@ -336,6 +336,7 @@ def build_problem(
             rejected_of[project_id].append(funder_index_of[funder_id])
 
     rates: dict[tuple[str, str], Decimal | None] = {}
+    need_limits: dict[tuple[int, str], int] = {}
     needs: list[NeedSlot] = []
     pair_funder: list[int] = []
     pair_need: list[int] = []
@@ -388,8 +389,13 @@ def build_problem(
                 if rate is None:
                     skipped.no_rate += 1
                     continue
-                capacity = slots[funder_index].capacity_minor
-                high = min(capacity, _max_for_need(need.remaining_minor, funder.currency, need.currency, rate))
+                # The largest amount a need takes depends on the funder's currency alone.
+                limit_key = (need.id, funder.currency)
+                need_limit = need_limits.get(limit_key)
+                if need_limit is None:
+                    need_limit = _max_for_need(need.remaining_minor, funder.currency, need.currency, rate)
+                    need_limits[limit_key] = need_limit
+                high = min(slots[funder_index].capacity_minor, need_limit)
                 if funder.ticket_max_minor is not None:
                     high = min(high, funder.ticket_max_minor)
                 low = funder.ticket_min_minor or 0
