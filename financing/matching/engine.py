@@ -48,7 +48,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import func, select, text
+from sqlalchemy import Row, func, select, text
 from sqlalchemy.orm import selectinload
 
 from financing import reference
@@ -685,27 +685,15 @@ def project_profile(project: Project, now: datetime) -> ProjectProfile | None:
 def funder_profile(funder: Funder, used_minor: int, year: int) -> FunderProfile:
     """Snapshot a funder with its preferences and its budget use this year."""
     preferences = [(row.kind, row.code, row.weight) for row in funder.preferences]
-    return _snapshot(_FunderRow.of(funder), preferences, used_minor, year)
+    return _snapshot(funder, preferences, used_minor, year)
 
 
-@dataclass(frozen=True)
-class _FunderRow:
-    """The columns of a funder that its snapshot reads."""
-
-    id: int
-    currency: str
-    ticket_min_minor: int | None
-    ticket_max_minor: int | None
-    annual_budget_minor: int | None
-    decision_days: int | None
-    learned_from: int | None
-
-    @classmethod
-    def of(cls, funder: Funder) -> "_FunderRow":
-        return cls(*(getattr(funder, name) for name in cls.__dataclass_fields__))
+# The columns of a funder that its snapshot reads, from a Funder or from a row of these columns.
+SNAPSHOT_COLUMNS = ("id", "currency", "ticket_min_minor", "ticket_max_minor", "annual_budget_minor",
+                    "decision_days", "learned_from")
 
 
-def _snapshot(funder: _FunderRow, preferences: list[tuple[str, str, Decimal | None]], used_minor: int,
+def _snapshot(funder: Funder | Row, preferences: list[tuple[str, str, Decimal | None]], used_minor: int,
               year: int) -> FunderProfile:
     codes: dict[str, set[str]] = {kind: set() for kind in KINDS}
     weights: dict[str, dict[str, float]] = {kind: {} for kind in KINDS}
@@ -746,8 +734,7 @@ def load_funder_profiles(now: datetime, funder_id: int | None = None) -> list[Fu
     With 2,000 funders, a project's recomputation took a median of 166 ms with ORM objects and
     39 ms with plain rows (in-process, see docs/benchmarks.md, "Matching speed").
     """
-    columns = [getattr(Funder, name) for name in _FunderRow.__dataclass_fields__]
-    funder_query = select(*columns).order_by(Funder.id)
+    funder_query = select(*(getattr(Funder, name) for name in SNAPSHOT_COLUMNS)).order_by(Funder.id)
     preference_query = select(FunderPreference.funder_id, FunderPreference.kind, FunderPreference.code,
                               FunderPreference.weight)
     if funder_id is not None:
@@ -761,7 +748,7 @@ def load_funder_profiles(now: datetime, funder_id: int | None = None) -> list[Fu
     # funder's currency is not counted against its budget, for want of an exchange rate.
     return [
         _snapshot(row, preferences.get(row.id, []), used.get((row.id, row.currency), 0), now.year)
-        for row in (_FunderRow(*values) for values in db.session.execute(funder_query))
+        for row in db.session.execute(funder_query)
     ]
 
 
