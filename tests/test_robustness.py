@@ -290,17 +290,28 @@ def waiting_on_advisory_lock() -> bool:
     return row[0] > 0
 
 
+def jobs_on_redis(app, monkeypatch) -> None:
+    """Send the jobs that commits start to the RQ queue on Redis database 7."""
+    monkeypatch.setitem(app.config, "JOBS_INLINE", False)
+    monkeypatch.setitem(app.config, "REDIS_URL", REDIS_URL)
+
+
+def add_africa_funder(db, *preferences: tuple[str, str]) -> Funder:
+    """Add a funder that prefers Africa and the given (kind, code) preferences."""
+    funder = Funder(name="Broadband Fund for Africa", kind="institution", currency="EUR")
+    funder.preferences = [FunderPreference(kind=kind, code=code) for kind, code in (("region", "africa"), *preferences)]
+    db.session.add(funder)
+    return funder
+
+
 def test_killed_worker_job_retried(app, db, make_user, redis_db7, monkeypatch, tmp_path):
     from rq import Queue
     from rq.job import Job, JobStatus
 
-    monkeypatch.setitem(app.config, "JOBS_INLINE", False)
-    monkeypatch.setitem(app.config, "REDIS_URL", REDIS_URL)
+    jobs_on_redis(app, monkeypatch)
     owner = make_user("owner", organisation="Ministry of ICT, Kenya")
     coordinator = make_user("coordinator", organisation=None)
-    funder = Funder(name="Broadband Fund for Africa", kind="institution", currency="EUR")
-    funder.preferences = [FunderPreference(kind="region", code="africa"), FunderPreference(kind="theme", code="broadband")]
-    db.session.add(funder)
+    add_africa_funder(db, ("theme", "broadband"))
     project = create_project(owner, ProjectInput(
         title="Rural broadband for Turkana", countries=["KE"], sectors=["22040"],
         needs=[NeedInput(title="Towers", goal_minor=200_000_000, currency="EUR")],
@@ -353,18 +364,14 @@ def test_killed_worker_job_retried(app, db, make_user, redis_db7, monkeypatch, t
 def test_worker_builds_app_once(app, db, make_user, redis_db7, monkeypatch, tmp_path):
     from rq import Queue
 
-    monkeypatch.setitem(app.config, "JOBS_INLINE", False)
-    monkeypatch.setitem(app.config, "REDIS_URL", REDIS_URL)
+    jobs_on_redis(app, monkeypatch)
     owner = make_user("owner", organisation="Ministry of ICT, Kenya")
     coordinator = make_user("coordinator", organisation=None)
-    funder = Funder(name="Broadband Fund for Africa", kind="institution", currency="EUR")
-    funder.preferences = [FunderPreference(kind="region", code="africa")]
-    db.session.add(funder)
+    add_africa_funder(db)
     projects = []
     for title in ("Rural broadband for Turkana", "Fibre for Kisumu", "Towers for Garissa"):
-        project = create_project(owner, ProjectInput(
-            title=title, countries=["KE"], needs=[NeedInput(title="Towers", goal_minor=200_000_000, currency="EUR")],
-        ))
+        towers = NeedInput(title="Towers", goal_minor=200_000_000, currency="EUR")
+        project = create_project(owner, ProjectInput(title=title, countries=["KE"], needs=[towers]))
         submit_project(owner, project)
         publish_project(coordinator, project)
         projects.append(project)

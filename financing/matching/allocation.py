@@ -80,8 +80,8 @@ from financing.core.errors import Conflict, Forbidden, NotFound, ValidationFaile
 from financing.core.time import utcnow
 from financing.extensions import db
 from financing.funders.models import Funder
-from financing.matching.allocation_models import AllocationRow, AllocationRun
 from financing.matching import vector
+from financing.matching.allocation_models import AllocationRow, AllocationRun
 from financing.matching.engine import (
     PARTS, PRECISION, FunderProfile, MatchSettings, PairScore, ProjectProfile, budget_used, explain,
     funder_profile, has_evidence, inputs_digest, load_funder_profiles, project_profile, score_pair,
@@ -351,14 +351,14 @@ def build_problem(
         needs.extend(NeedSlot(need.id, project.id, need.currency, need.remaining_minor) for need in project.needs)
         if not singles or not profiles:
             continue
-        # Evidence comes from the project's region and theme, the same for all its needs.
-        eligible = evidence[rows.start].copy()
         rejected_here = rejected_of.get(project.id, [])
         skipped.rejected += len(rejected_here) * len(singles)
-        eligible[rejected_here] = False
-        with_evidence = evidence[rows.start].copy()
-        with_evidence[rejected_here] = True
-        skipped.no_evidence += int((~with_evidence).sum()) * len(singles)
+        allowed = np.ones(len(profiles), dtype=bool)
+        allowed[rejected_here] = False
+        # Evidence comes from the project's region and theme, the same for all its needs.
+        project_evidence = evidence[rows.start]
+        skipped.no_evidence += int((allowed & ~project_evidence).sum()) * len(singles)
+        eligible = allowed & project_evidence
         passing = eligible[None, :] & (scores[rows] >= threshold)
         skipped.below_min_score += int(eligible.sum()) * len(singles) - int(passing.sum())
 
